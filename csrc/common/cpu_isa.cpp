@@ -1,0 +1,68 @@
+#include "common/cpu_isa.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace slimformer {
+
+namespace {
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) || defined(__i386__)
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0), so AVX-512 reported here is
+  // usable.
+  __builtin_cpu_init();
+  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(feature, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  if (!std::strcmp(feature, "avx512vnni")) return __builtin_cpu_supports("avx512vnni");
+  if (!std::strcmp(feature, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
+  if (!std::strcmp(feature, "avx512vpopcntdq")) return __builtin_cpu_supports("avx512vpopcntdq");
+#endif
+  (void)feature;
+  return false;
+}
+}  // namespace
+
+CpuIsa detected_cpu_isa() {
+  static const CpuIsa isa = cpu_has("avx512") ? CpuIsa::kAvx512 : cpu_has("avx2") ? CpuIsa::kAvx2 : CpuIsa::kScalar;
+  return isa;
+}
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+CpuIsa active_cpu_isa() {
+  const char* forced = std::getenv("SLIMFORMER_CPU_ISA");
+  const CpuIsa best = detected_cpu_isa();
+  if (forced == nullptr || *forced == '\0') return best;
+  CpuIsa want;
+  if (!std::strcmp(forced, "scalar")) {
+    want = CpuIsa::kScalar;
+  } else if (!std::strcmp(forced, "avx2")) {
+    want = CpuIsa::kAvx2;
+  } else if (!std::strcmp(forced, "avx512")) {
+    want = CpuIsa::kAvx512;
+  } else {
+    TORCH_CHECK(false, "SLIMFORMER_CPU_ISA must be one of scalar, avx2, avx512; got '", forced, "'");
+  }
+  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "SLIMFORMER_CPU_ISA=", forced,
+              " was requested but this CPU supports at most ", cpu_isa_name(best));
+  return want;
+}
+
+std::string cpu_feature_summary() {
+  std::string s = std::string("isa=") + cpu_isa_name(detected_cpu_isa());
+  for (const char* f : {"avx2", "avx512", "avx512vnni", "avx512bf16", "avx512vpopcntdq"})
+    s += std::string(" ") + f + "=" + (cpu_has(f) ? "1" : "0");
+  return s;
+}
+
+}  // namespace slimformer

@@ -1,0 +1,21 @@
+// Run-time CPU ISA selection. Shipped builds never use -march=native: every ISA path is compiled into the
+// extension and the best one the running CPU supports is chosen when an op is called.
+// SLIMFORMER_CPU_ISA=scalar|avx2|avx512 forces a path (the tests use it to cover every path on one machine);
+// forcing a path the CPU cannot run is an error, not a crash.
+#pragma once
+#include <string>
+
+namespace slimformer {
+
+enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Best ISA the CPU (and OS) supports.
+CpuIsa detected_cpu_isa();
+// The ISA to run now: SLIMFORMER_CPU_ISA when set (validated), else detected_cpu_isa(). Throws c10::Error on a
+// bad or unsupported request.
+CpuIsa active_cpu_isa();
+const char* cpu_isa_name(CpuIsa isa);
+// Human-readable summary of the CPU features that matter to slimformer's kernels.
+std::string cpu_feature_summary();
+
+}  // namespace slimformer

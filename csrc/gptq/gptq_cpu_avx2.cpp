@@ -1,0 +1,46 @@
+// AVX2 + FMA instantiation of the GPTQ CPU kernels; this TU alone is compiled with -mavx2 -mfma and is only
+// called after run-time detection (csrc/common/cpu_isa.cpp).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#define SF_ISA_NS avx2_impl
+namespace slimformer {
+namespace gptq {
+namespace avx2_impl {
+struct V {
+  static constexpr int L = 8;
+  static constexpr int MR_MAX = 2;  // 2 rows x 4 column vectors = 8 accumulators of 16 ymm registers
+  using F = __m256;
+  using I = __m256i;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F fms(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static I loadi(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I and_(I a, uint32_t m) { return _mm256_and_si256(a, _mm256_set1_epi32(static_cast<int>(m))); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  template <int S> static I srl(I a) { return _mm256_srli_epi32(a, S); }
+  template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+};
+}  // namespace avx2_impl
+}  // namespace gptq
+}  // namespace slimformer
+#include "gptq_cpu_kernel.h"
+
+namespace slimformer {
+namespace gptq {
+void small_m_gemm_avx2(const SmallMArgs& a, int64_t t0, int64_t t1) {
+  avx2_impl::dispatch_bits<avx2_impl::SmallMGemm>(a.w.bits, a, t0, t1);
+}
+void dequant_tiles_avx2(const DequantArgs& a, int64_t t0, int64_t t1) {
+  avx2_impl::dispatch_bits<avx2_impl::DequantTiles>(a.w.bits, a, t0, t1);
+}
+}  // namespace gptq
+}  // namespace slimformer

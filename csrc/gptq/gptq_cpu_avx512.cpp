@@ -1,0 +1,46 @@
+// AVX-512 (F, BW, DQ, VL) instantiation of the GPTQ CPU kernels; this TU alone is compiled with
+// -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma and is only called after run-time detection (csrc/common/cpu_isa.cpp).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#define SF_ISA_NS avx512_impl
+namespace slimformer {
+namespace gptq {
+namespace avx512_impl {
+struct V {
+  static constexpr int L = 16;
+  static constexpr int MR_MAX = 4;  // 4 rows x 2 column vectors = 8 accumulators of 32 zmm registers
+  using F = __m512;
+  using I = __m512i;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static F fms(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static I loadi(const int32_t* p) { return _mm512_loadu_si512(reinterpret_cast<const __m512i*>(p)); }
+  static I and_(I a, uint32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(static_cast<int>(m))); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  template <int S> static I srl(I a) { return _mm512_srli_epi32(a, S); }
+  template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+};
+}  // namespace avx512_impl
+}  // namespace gptq
+}  // namespace slimformer
+#include "gptq_cpu_kernel.h"
+
+namespace slimformer {
+namespace gptq {
+void small_m_gemm_avx512(const SmallMArgs& a, int64_t t0, int64_t t1) {
+  avx512_impl::dispatch_bits<avx512_impl::SmallMGemm>(a.w.bits, a, t0, t1);
+}
+void dequant_tiles_avx512(const DequantArgs& a, int64_t t0, int64_t t1) {
+  avx512_impl::dispatch_bits<avx512_impl::DequantTiles>(a.w.bits, a, t0, t1);
+}
+}  // namespace gptq
+}  // namespace slimformer

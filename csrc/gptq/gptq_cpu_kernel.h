@@ -1,0 +1,189 @@
+// GPTQ CPU kernels, written once against a tiny vector interface `V` and compiled per ISA (scalar, AVX2,
+// AVX-512) the way ATen compiles its native kernels per CPU capability. Each including TU defines SF_ISA_NS and,
+// inside slimformer::gptq::SF_ISA_NS, a struct V:
+//   L (fp32 lanes), MR_MAX (activation rows kept in registers), F/I (float/int vectors),
+//   zero, set1, load, store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, loadi, and_, or_, srl<S>, sll<S>, cvt.
+//
+// Small-M (decode) design. One task is one 32-column tile; its K x 32 packed weights (64 KiB at K=4096, int4)
+// are streamed from memory once and re-read from L2 for every further block of MR activation rows. For each
+// packing unit (1 word = 8 int4 values, or 3 words = 32 int3 values) and each column vector the kernel extracts
+// the integers with one AND (the value stays at its bit position, see value_extracted_in_place), converts them to
+// float and does one FMA per activation row against an activation prescaled by 2^-shift. That is 3 vector ops per
+// L multiply-adds: no shift, no zero-point subtraction and no scale multiply in the inner loop. The affine part of
+// the GPTQ grid is folded in once per group: y += scale * sum(x q) - (scale * zero) * sum(x).
+// NV = 32 / L independent accumulator chains per row hide the FMA latency (4 on AVX2, 2 on AVX-512, where MR up
+// to 4 rows add more chains). All arithmetic is fp32 with fp32 accumulation, so results match the float64
+// reference to ~1e-6 relative.
+#include <cstdint>
+#include <type_traits>
+
+#include "gptq_cpu.h"
+#include "gptq_decode.h"
+
+namespace slimformer {
+namespace gptq {
+namespace SF_ISA_NS {
+
+template <int I, int N, class Fn>
+inline void static_for(Fn&& fn) {
+  if constexpr (I < N) {
+    fn(std::integral_constant<int, I>{});
+    static_for<I + 1, N>(fn);
+  }
+}
+
+// Value R of the packing unit whose word 0 is at p (words of a unit are one tile row, 32 ints, apart), as float.
+// In-place values come back multiplied by 2^value_prescale_shift(BITS, R).
+template <int BITS, int R>
+inline typename V::F extract(const int32_t* p) {
+  constexpr int w = value_word(BITS, R);
+  constexpr int s = value_shift(BITS, R);
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  if constexpr (value_extracted_in_place(BITS, R)) {
+    return V::cvt(V::and_(V::loadi(p + w * kTileCols), mask << s));
+  } else if constexpr (!value_straddles(BITS, R)) {
+    return V::cvt(V::template srl<s>(V::loadi(p + w * kTileCols)));  // the value ends at bit 31
+  } else {
+    constexpr int lo_bits = 32 - s;
+    const typename V::I lo = V::template srl<s>(V::loadi(p + w * kTileCols));
+    const typename V::I hi = V::and_(V::loadi(p + (w + 1) * kTileCols), mask >> lo_bits);
+    return V::cvt(V::or_(lo, V::template sll<lo_bits>(hi)));
+  }
+}
+
+// Rows [m0, m0 + MR) of the output for column tile t.
+template <int BITS, int MR>
+void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
+  using F = typename V::F;
+  constexpr int L = V::L;
+  constexpr int NV = kTileCols / L;
+  constexpr int UV = unit_values(BITS);
+  constexpr int UW = unit_words(BITS);
+  const TiledWeight& w = a.w;
+  const int64_t K = w.K, G = w.groups(), gs = w.group_size;
+  const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
+  const float* sz = w.scale_zero + t * G * 2 * kTileCols;
+  const float* xrow[MR];
+  for (int mm = 0; mm < MR; ++mm) xrow[mm] = a.xs + (m0 + mm) * K;
+
+  F out[MR][NV];
+  for (int mm = 0; mm < MR; ++mm)
+    for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
+
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t u0 = g * gs / UV;
+    const int64_t u1 = (g + 1) * gs < K ? (g + 1) * gs / UV : K / UV;
+    F acc[MR][NV];
+    for (int mm = 0; mm < MR; ++mm)
+      for (int v = 0; v < NV; ++v) acc[mm][v] = V::zero();
+    for (int64_t u = u0; u < u1; ++u) {
+      const int32_t* up = qt + u * UW * kTileCols;
+      const int64_t k = u * UV;
+      static_for<0, UV>([&](auto rc) {
+        constexpr int r = decltype(rc)::value;
+        F xb[MR];
+        for (int mm = 0; mm < MR; ++mm) xb[mm] = V::bcast(xrow[mm] + k + r);
+        for (int v = 0; v < NV; ++v) {
+          const F q = extract<BITS, r>(up + v * L);
+          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::fma(xb[mm], q, acc[mm][v]);
+        }
+      });
+    }
+    const float* szg = sz + g * 2 * kTileCols;
+    for (int v = 0; v < NV; ++v) {
+      const F scale = V::load(szg + v * L);
+      const F scale_zero = V::load(szg + kTileCols + v * L);
+      for (int mm = 0; mm < MR; ++mm) {
+        out[mm][v] = V::fma(scale, acc[mm][v], out[mm][v]);
+        out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
+      }
+    }
+  }
+
+  const int64_t n0 = t * kTileCols;
+  const int64_t ncols = w.N - n0 < kTileCols ? w.N - n0 : kTileCols;
+  for (int mm = 0; mm < MR; ++mm) {
+    float* yrow = a.y + (m0 + mm) * a.ldy + n0;
+    if (ncols == kTileCols) {
+      for (int v = 0; v < NV; ++v) V::store(yrow + v * L, out[mm][v]);
+    } else {
+      alignas(64) float tmp[kTileCols];
+      for (int v = 0; v < NV; ++v) V::store(tmp + v * L, out[mm][v]);
+      for (int64_t c = 0; c < ncols; ++c) yrow[c] = tmp[c];
+    }
+  }
+}
+
+template <int BITS, int MR>
+void small_m_rows(const SmallMArgs& a, int64_t t, int64_t m0, int64_t rows) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return small_m_rows<BITS, MR - 1>(a, t, m0, rows);
+  }
+  small_m_tile<BITS, MR>(a, t, m0);
+}
+
+template <int BITS>
+void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t m0 = 0; m0 < a.M; m0 += V::MR_MAX) {
+      const int64_t rows = a.M - m0 < V::MR_MAX ? a.M - m0 : V::MR_MAX;
+      small_m_rows<BITS, V::MR_MAX>(a, t, m0, rows);
+    }
+}
+
+template <int BITS>
+void dequant_tiles_bits(const DequantArgs& a, int64_t t0, int64_t t1) {
+  using F = typename V::F;
+  constexpr int L = V::L;
+  constexpr int NV = kTileCols / L;
+  constexpr int UV = unit_values(BITS);
+  constexpr int UW = unit_words(BITS);
+  const TiledWeight& w = a.w;
+  const int64_t K = w.K, G = w.groups(), gs = w.group_size;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
+    const float* sz = w.scale_zero + t * G * 2 * kTileCols;
+    float* out = a.out + (t - t0) * kTileCols;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t u0 = g * gs / UV;
+      const int64_t u1 = (g + 1) * gs < K ? (g + 1) * gs / UV : K / UV;
+      for (int v = 0; v < NV; ++v) {
+        const F scale = V::load(sz + g * 2 * kTileCols + v * L);
+        const F scale_zero = V::load(sz + g * 2 * kTileCols + kTileCols + v * L);
+        for (int64_t u = u0; u < u1; ++u) {
+          const int32_t* up = qt + u * UW * kTileCols + v * L;
+          static_for<0, UV>([&](auto rc) {
+            constexpr int r = decltype(rc)::value;
+            constexpr float unscale = 1.0f / float(1u << value_prescale_shift(BITS, r));
+            const F q = V::mul(extract<BITS, r>(up), V::set1(unscale));
+            V::store(out + (u * UV + r) * a.ldo + v * L, V::fms(scale, q, scale_zero));
+          });
+        }
+      }
+    }
+  }
+}
+
+template <template <int> class Fn, class... Args>
+void dispatch_bits(int64_t bits, Args&&... args) {
+  switch (bits) {
+    case 2: return Fn<2>::run(args...);
+    case 3: return Fn<3>::run(args...);
+    case 4: return Fn<4>::run(args...);
+    case 8: return Fn<8>::run(args...);
+    default: return;  // bits are validated by the torch glue before any kernel runs
+  }
+}
+
+template <int BITS>
+struct SmallMGemm {
+  static void run(const SmallMArgs& a, int64_t t0, int64_t t1) { small_m_gemm_bits<BITS>(a, t0, t1); }
+};
+template <int BITS>
+struct DequantTiles {
+  static void run(const DequantArgs& a, int64_t t0, int64_t t1) { dequant_tiles_bits<BITS>(a, t0, t1); }
+};
+
+}  // namespace SF_ISA_NS
+}  // namespace gptq
+}  // namespace slimformer

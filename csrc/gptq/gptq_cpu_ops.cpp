@@ -1,0 +1,151 @@
+// CPU implementations of the slimformer GPTQ ops: argument checks, activation preparation, the choice between
+// the fused small-M kernel and the dequantize-tile + dense GEMM path, and threading through ATen's parallel_for
+// (so torch.set_num_threads governs).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+
+#include "common/cpu_isa.h"
+#include "gptq/gptq_cpu.h"
+#include "gptq/gptq_ops_common.h"
+
+namespace slimformer {
+namespace gptq {
+namespace {
+
+using SmallMFn = void (*)(const SmallMArgs&, int64_t, int64_t);
+using DequantFn = void (*)(const DequantArgs&, int64_t, int64_t);
+
+SmallMFn small_m_kernel(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512: return small_m_gemm_avx512;
+    case CpuIsa::kAvx2: return small_m_gemm_avx2;
+    default: return small_m_gemm_scalar;
+  }
+}
+DequantFn dequant_kernel(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512: return dequant_tiles_avx512;
+    case CpuIsa::kAvx2: return dequant_tiles_avx2;
+    default: return dequant_tiles_scalar;
+  }
+}
+
+// Rows above which the dequantize-tile + dense GEMM path wins over the fused kernel. The fused kernel re-decodes
+// the weights for every MR rows, while the tile path pays one decode of K x 256 per tile and then runs at the dense
+// GEMM's FLOP rate; measured on a 2-core AVX2 EPYC (benchmarks/README.md) the crossover is near 16 rows.
+// SLIMFORMER_CPU_LARGE_M overrides it (benchmarks use it to time both paths).
+int64_t large_m_threshold() {
+  if (const char* s = std::getenv("SLIMFORMER_CPU_LARGE_M")) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    TORCH_CHECK(end != s && *end == '\0' && v >= 1, "SLIMFORMER_CPU_LARGE_M must be a positive integer, got '", s,
+                "'");
+    return v;
+  }
+  return 16;
+}
+
+// Columns dequantized per dense GEMM call: K x 256 fp32 is 4 MiB at K=4096, which stays in the last-level cache
+// between the dequantization and the GEMM that reads it.
+constexpr int64_t kTilesPerChunk = 8;
+
+void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, CpuIsa isa) {
+  const int64_t M = xf.size(0), K = w.K, G = w.groups();
+  at::Tensor xs = at::empty({M, K}, xf.options());
+  at::Tensor xsum = at::empty({M, G}, xf.options());
+  const float* xp = xf.data_ptr<float>();
+  float* xsp = xs.data_ptr<float>();
+  float* xsump = xsum.data_ptr<float>();
+  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m)
+      prescale_activation_row(xp + m * K, K, w.bits, w.group_size, xsp + m * K, xsump + m * G);
+  });
+  const SmallMArgs args{w, xsp, xsump, y.data_ptr<float>(), M, w.N};
+  const SmallMFn fn = small_m_kernel(isa);
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { fn(args, b, e); });
+}
+
+void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, CpuIsa isa) {
+  const DequantFn fn = dequant_kernel(isa);
+  const int64_t n_tiles = w.n_tiles();
+  const int64_t chunk_cols = kTilesPerChunk * kTileCols;
+  at::Tensor wbuf = at::empty({w.K, chunk_cols}, xf.options());
+  for (int64_t c0 = 0; c0 < n_tiles; c0 += kTilesPerChunk) {
+    const int64_t c1 = std::min(n_tiles, c0 + kTilesPerChunk);
+    float* out = wbuf.data_ptr<float>();
+    at::parallel_for(c0, c1, 1, [&](int64_t b, int64_t e) {
+      fn(DequantArgs{w, out + (b - c0) * kTileCols, chunk_cols}, b, e);
+    });
+    const int64_t n0 = c0 * kTileCols;
+    const int64_t ncols = std::min(w.N, c1 * kTileCols) - n0;
+    y.narrow(1, n0, ncols).copy_(at::mm(xf, wbuf.narrow(1, 0, ncols)));
+  }
+}
+
+at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
+                         const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& bias, int64_t bits,
+                         int64_t group_size, int64_t in_features, int64_t out_features) {
+  const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
+  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
+  const at::Tensor xf = x2.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, out_features}, xf.options());
+  if (M > 0) {
+    const CpuIsa isa = active_cpu_isa();
+    if (M < large_m_threshold())
+      small_m_path(xf, w, y, isa);
+    else
+      large_m_path(xf, w, y, isa);
+  }
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return y.to(x.scalar_type()).reshape(output_shape(x, out_features));
+}
+
+at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale_zero, int64_t bits,
+                               int64_t group_size, int64_t in_features, int64_t out_features) {
+  const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
+  const int64_t padded = w.n_tiles() * kTileCols;
+  at::Tensor out = at::empty({in_features, padded}, scale_zero.options());
+  const DequantFn fn = dequant_kernel(active_cpu_isa());
+  float* p = out.data_ptr<float>();
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { fn(DequantArgs{w, p + b * kTileCols, padded}, b, e); });
+  return out.narrow(1, 0, out_features).contiguous();
+}
+
+// Test hook for the shared decode header: unpacks `count` values per column from words [W, C] (rows packed along
+// dim 0 as one bit stream), exactly as the kernels decode them.
+at::Tensor unpack_bits_cpu(const at::Tensor& words, int64_t bits, int64_t count) {
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be one of 2, 3, 4, 8, got ", bits);
+  TORCH_CHECK(words.dim() == 2 && words.scalar_type() == at::kInt, "words must be a 2-D int32 tensor, got ",
+              words.dim(), "-D ", c10::toString(words.scalar_type()));
+  TORCH_CHECK(count >= 0 && count * bits <= words.size(0) * 32, "count=", count, " values of ", bits,
+              " bits do not fit in ", words.size(0), " words");
+  const int uv = unit_values(static_cast<int>(bits)), uw = unit_words(static_cast<int>(bits));
+  TORCH_CHECK(count % uv == 0, "count must be a multiple of ", uv, " for ", bits, "-bit values, got ", count);
+  const at::Tensor wc = words.contiguous();
+  const int64_t C = wc.size(1);
+  at::Tensor out = at::empty({count, C}, wc.options());
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(wc.data_ptr<int32_t>());
+  int32_t* dst = out.data_ptr<int32_t>();
+  for (int64_t u = 0; u < count / uv; ++u)
+    for (int r = 0; r < uv; ++r)
+      for (int64_t c = 0; c < C; ++c)
+        dst[(u * uv + r) * C + c] = static_cast<int32_t>(unpack_value(src + u * uw * C + c, C, static_cast<int>(bits), r));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slimformer, CPU, m) {
+  m.impl("gptq_gemm", &gptq_gemm_cpu);
+  m.impl("gptq_dequantize", &gptq_dequantize_cpu);
+  m.impl("_unpack_bits", &unpack_bits_cpu);
+}
+
+}  // namespace gptq
+}  // namespace slimformer

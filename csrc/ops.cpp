@@ -1,0 +1,37 @@
+// Every slimformer op schema, in one place. Implementations register per device in their method folders
+// (TORCH_LIBRARY_IMPL), and the fake (meta) implementations live beside the Python wrappers in
+// python/slimformer/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "common/cpu_isa.h"
+
+namespace slimformer {
+namespace {
+std::string cpu_isa_op() { return cpu_isa_name(active_cpu_isa()); }
+std::string cpu_features_op() { return cpu_feature_summary(); }
+}  // namespace
+}  // namespace slimformer
+
+TORCH_LIBRARY(slimformer, m) {
+  // y[..., N] = x[..., K] @ W + bias, W given in the tiled GPTQ kernel layout (csrc/gptq/gptq_cpu.h). perm, when
+  // given, is the act-order row order: the kernel reads x[..., perm].
+  m.def(
+      "gptq_gemm(Tensor x, Tensor qtiles, Tensor scale_zero, Tensor? perm, Tensor? bias, int bits, int group_size, "
+      "int in_features, int out_features) -> Tensor");
+  // W [K, N] in kernel row order, float32.
+  m.def(
+      "gptq_dequantize(Tensor qtiles, Tensor scale_zero, int bits, int group_size, int in_features, "
+      "int out_features) -> Tensor");
+  // Unpacks `count` values per column of int32 words [W, C] with the shared decode header (a test hook).
+  m.def("_unpack_bits(Tensor words, int bits, int count) -> Tensor");
+  m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
+  m.def("cpu_features() -> str", &slimformer::cpu_features_op);
+}
+
+// `import slimformer._C` loads this library, which registers the ops above; the module itself is empty.
+extern "C" PyObject* PyInit__C() {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "slimformer native ops (see torch.ops.slimformer)", -1,
+                               nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,264 @@
+"""GPTQ weight format: Hub-layout pack/unpack, the kernel ("tiled32") layout, and the pure-PyTorch reference of
+every GPTQ op. This file is the spec the native kernels are tested against.
+
+Hub GPTQ layout (AutoGPTQ / GPTQModel / transformers), for a linear layer with K inputs and N outputs:
+  qweight  int32 [K * bits / 32, N]   rows packed along K, one little-endian bit stream per column
+  qzeros   int32 [G, N * bits / 32]   zero points packed along N the same way
+                                      ("gptq" = v1 stores zero - 1, "gptq_v2" stores the true zero)
+  scales   fp16  [G, N]
+  g_idx    int32 [K]                  group of each input row (non-monotonic under act-order)
+  W[k, n] = scales[g_idx[k], n] * (q[k, n] - zero[g_idx[k], n]);   y = x @ W + bias
+
+Kernel layout (csrc/gptq/gptq_cpu.h), shared by the CPU and CUDA kernels:
+  qtiles      int32 [ceil(N/32), K * bits / 32, 32]   32-column tiles of the row-packed words
+  scale_zero  fp32  [ceil(N/32), G, 2, 32]            scale and scale * zero
+  perm        int64 [K] or None                       act-order rows sorted by group; x is read as x[..., perm]
+"""
+from __future__ import annotations
+
+import torch
+
+from ..formats import gptq_format
+
+TILE_COLS = 32
+CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
+
+
+def _check_bits(bits: int):
+    return gptq_format(bits)
+
+
+def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packs integers [K, N] in [0, 2^bits) along dim 0 into int32 words [K * bits / 32, N] (Hub qweight)."""
+    fmt = _check_bits(bits)
+    if values.dim() != 2:
+        raise ValueError(f"pack_rows expects a 2-D tensor [K, N], got shape {tuple(values.shape)}")
+    K, N = values.shape
+    if K % fmt.values_per_unit:
+        raise ValueError(f"{bits}-bit packing needs K to be a multiple of {fmt.values_per_unit}, got K={K}")
+    v = values.to(torch.int64)
+    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= (1 << bits)):
+        raise ValueError(f"values must lie in [0, {1 << bits}) for {bits}-bit packing")
+    units = K // fmt.values_per_unit
+    v = v.reshape(units, fmt.values_per_unit, N)
+    words = torch.zeros(units, fmt.words_per_unit, N, dtype=torch.int64, device=values.device)
+    for r in range(fmt.values_per_unit):
+        bit = bits * r
+        w, s = divmod(bit, 32)
+        words[:, w] |= (v[:, r] << s) & 0xFFFFFFFF
+        if s + bits > 32:  # the value straddles into the next word
+            words[:, w + 1] |= v[:, r] >> (32 - s)
+    words = words.reshape(units * fmt.words_per_unit, N)
+    return (words - ((words >> 31) << 32)).to(torch.int32)  # reinterpret uint32 as int32
+
+
+def unpack_rows(words: torch.Tensor, bits: int, K: int | None = None) -> torch.Tensor:
+    """Inverse of pack_rows: int32 words [K * bits / 32, N] -> int32 values [K, N]."""
+    fmt = _check_bits(bits)
+    if words.dim() != 2 or words.dtype != torch.int32:
+        raise ValueError(f"unpack_rows expects 2-D int32 words, got {words.dtype} of shape {tuple(words.shape)}")
+    W, N = words.shape
+    if W % fmt.words_per_unit:
+        raise ValueError(f"{bits}-bit words come in units of {fmt.words_per_unit}, got {W} rows of words")
+    units = W // fmt.words_per_unit
+    if K is None:
+        K = units * fmt.values_per_unit
+    if K != units * fmt.values_per_unit:
+        raise ValueError(f"{W} rows of {bits}-bit words hold {units * fmt.values_per_unit} values, expected K={K}")
+    w64 = words.to(torch.int64) & 0xFFFFFFFF
+    w64 = w64.reshape(units, fmt.words_per_unit, N)
+    mask = (1 << bits) - 1
+    out = torch.empty(units, fmt.values_per_unit, N, dtype=torch.int64, device=words.device)
+    for r in range(fmt.values_per_unit):
+        w, s = divmod(bits * r, 32)
+        v = w64[:, w] >> s
+        if s + bits > 32:
+            v = v | (w64[:, w + 1] << (32 - s))
+        out[:, r] = v & mask
+    return out.reshape(K, N).to(torch.int32)
+
+
+def pack_cols(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packs integers [G, N] along dim 1 into int32 [G, N * bits / 32] (Hub qzeros)."""
+    return pack_rows(values.t(), bits).t().contiguous()
+
+
+def unpack_cols(words: torch.Tensor, bits: int, N: int | None = None) -> torch.Tensor:
+    return unpack_rows(words.t().contiguous(), bits, N).t().contiguous()
+
+
+def _check_checkpoint_format(checkpoint_format: str):
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
+
+
+def zeros_from_qzeros(qzeros: torch.Tensor, bits: int, N: int, checkpoint_format: str) -> torch.Tensor:
+    """True integer zero points [G, N] from Hub qzeros. v1 ("gptq") stores zero - 1; like AutoGPTQ, v1 is read as
+    stored + 1 without wrap-around, so a v1 file that stored 0 - 1 = 2^bits - 1 reads back as 2^bits."""
+    _check_checkpoint_format(checkpoint_format)
+    z = unpack_cols(qzeros, bits, N)
+    return z + 1 if checkpoint_format == "gptq" else z
+
+
+def qzeros_from_zeros(zeros: torch.Tensor, bits: int, checkpoint_format: str) -> torch.Tensor:
+    _check_checkpoint_format(checkpoint_format)
+    z = zeros.to(torch.int64)
+    if checkpoint_format == "gptq":
+        if z.numel() and (int(z.min()) < 1 or int(z.max()) > (1 << bits)):
+            raise ValueError(
+                f"checkpoint_format='gptq' (v1) stores zero - 1 in {bits} bits, so zero points must lie in "
+                f"[1, {1 << bits}]; this layer has zeros in [{int(z.min())}, {int(z.max())}]: save it with "
+                "checkpoint_format='gptq_v2'")
+        z = (z - 1) & ((1 << bits) - 1)
+    return pack_cols(z, bits)
+
+
+def default_g_idx(K: int, group_size: int, device=None) -> torch.Tensor:
+    return torch.arange(K, dtype=torch.int32, device=device) // group_size
+
+
+def resolve_group_size(group_size: int, K: int) -> int:
+    if group_size == -1:
+        return K
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive int or -1 (per-channel), got {group_size!r}")
+    return group_size
+
+
+def check_hub_tensors(qweight, qzeros, scales, g_idx, bias, *, bits: int, group_size: int, in_features: int,
+                      out_features: int):
+    """Raises ValueError naming the expected and actual shape/dtype of any mismatched Hub-layout tensor."""
+    _check_bits(bits)
+    K, N = in_features, out_features
+    G = -(-K // group_size)
+    expect = {
+        "qweight": (qweight, torch.int32, (K * bits // 32, N)),
+        "qzeros": (qzeros, torch.int32, (G, N * bits // 32)),
+        "scales": (scales, None, (G, N)),
+    }
+    if g_idx is not None:
+        expect["g_idx"] = (g_idx, None, (K,))
+    if bias is not None:
+        expect["bias"] = (bias, None, (N,))
+    for name, (t, dtype, shape) in expect.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} for in_features={K}, out_features={N}, "
+                             f"bits={bits}, group_size={group_size}; got {list(t.shape)}")
+        if dtype is not None and t.dtype != dtype:
+            raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+    if not scales.is_floating_point():
+        raise ValueError(f"scales must be a floating-point tensor, got {scales.dtype}")
+    if g_idx is not None:
+        if g_idx.is_floating_point() or g_idx.is_complex():
+            raise ValueError(f"g_idx must be an integer tensor, got {g_idx.dtype}")
+        if K and (int(g_idx.min()) < 0 or int(g_idx.max()) >= G):
+            raise ValueError(f"g_idx values must lie in [0, {G}), got [{int(g_idx.min())}, {int(g_idx.max())}]")
+
+
+def act_order_perm(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """Row order that makes groups contiguous, or None when g_idx is already k // group_size.
+
+    GPTQ's act-order assigns each group exactly group_size rows (the last one possibly fewer), so after a stable
+    sort by group the rows of group g are [g * group_size, (g + 1) * group_size)."""
+    K = g_idx.numel()
+    g = g_idx.to(torch.int64).cpu()
+    natural = torch.arange(K, dtype=torch.int64) // group_size
+    if torch.equal(g, natural):
+        return None
+    perm = torch.sort(g, stable=True).indices
+    if not torch.equal(g[perm], natural):
+        raise ValueError(f"g_idx must give every group exactly group_size={group_size} rows (the last group may "
+                         "be shorter); this g_idx does not, so it cannot come from GPTQ act-order")
+    return perm
+
+
+def to_kernel_layout(qweight, qzeros, scales, g_idx, *, bits: int, group_size: int, in_features: int,
+                     out_features: int, checkpoint_format: str = "gptq"):
+    """Hub tensors -> (qtiles, scale_zero, perm). Runs once per layer at load time."""
+    K, N = in_features, out_features
+    q = unpack_rows(qweight, bits, K)
+    zeros = zeros_from_qzeros(qzeros, bits, N, checkpoint_format).to(torch.float32)
+    perm = act_order_perm(g_idx, group_size) if g_idx is not None else None
+    if perm is not None:
+        q = q[perm.to(q.device)]
+    n_tiles = -(-N // TILE_COLS)
+    pad = n_tiles * TILE_COLS - N
+    words = pack_rows(q, bits)
+    words = torch.nn.functional.pad(words, (0, pad))
+    qtiles = words.reshape(words.shape[0], n_tiles, TILE_COLS).permute(1, 0, 2).contiguous()
+    s = torch.nn.functional.pad(scales.to(torch.float32), (0, pad))
+    sz = torch.nn.functional.pad(scales.to(torch.float32) * zeros, (0, pad))
+    G = s.shape[0]
+    scale_zero = torch.stack([s, sz], 1).reshape(G, 2, n_tiles, TILE_COLS).permute(2, 0, 1, 3).contiguous()
+    return qtiles, scale_zero, perm
+
+
+def qweight_from_kernel_layout(qtiles: torch.Tensor, perm: torch.Tensor | None, *, bits: int, in_features: int,
+                               out_features: int) -> torch.Tensor:
+    """Kernel layout -> Hub qweight (exact inverse of to_kernel_layout's packing)."""
+    n_tiles, KW, _ = qtiles.shape
+    words = qtiles.permute(1, 0, 2).reshape(KW, n_tiles * TILE_COLS)[:, :out_features].contiguous()
+    if perm is None:
+        return words
+    q = unpack_rows(words, bits, in_features)
+    restored = torch.empty_like(q)
+    restored[perm.to(q.device)] = q
+    return pack_rows(restored, bits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure-PyTorch references (the spec of every op; also the fallback when the native extension is missing).
+# ---------------------------------------------------------------------------------------------------------------
+
+def reference_dequantize(qweight, qzeros, scales, g_idx, *, bits: int, group_size: int, in_features: int,
+                         out_features: int, checkpoint_format: str = "gptq",
+                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """W [K, N] from Hub tensors: scales[g_idx[k], n] * (q[k, n] - zero[g_idx[k], n])."""
+    K, N = in_features, out_features
+    q = unpack_rows(qweight, bits, K).to(dtype)
+    z = zeros_from_qzeros(qzeros, bits, N, checkpoint_format).to(dtype)
+    if g_idx is None:
+        g_idx = default_g_idx(K, group_size, qweight.device)
+    g = g_idx.to(torch.int64)
+    return scales.to(dtype)[g] * (q - z[g])
+
+
+def reference_gemm(x, qweight, qzeros, scales, g_idx, bias=None, *, bits: int, group_size: int, in_features: int,
+                   out_features: int, checkpoint_format: str = "gptq", dtype: torch.dtype = torch.float64):
+    W = reference_dequantize(qweight, qzeros, scales, g_idx, bits=bits, group_size=group_size,
+                             in_features=in_features, out_features=out_features,
+                             checkpoint_format=checkpoint_format, dtype=dtype)
+    y = x.to(dtype) @ W
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y
+
+
+def reference_tiled_dequantize(qtiles, scale_zero, *, bits: int, group_size: int, in_features: int,
+                               out_features: int) -> torch.Tensor:
+    """Spec of slimformer::gptq_dequantize: W [K, N] float32 in kernel row order."""
+    K, N = in_features, out_features
+    n_tiles, KW, _ = qtiles.shape
+    words = qtiles.permute(1, 0, 2).reshape(KW, n_tiles * TILE_COLS)
+    q = unpack_rows(words.contiguous(), bits, K).to(torch.float32)
+    G = scale_zero.shape[1]
+    sz = scale_zero.permute(1, 2, 0, 3).reshape(G, 2, n_tiles * TILE_COLS)
+    g = torch.arange(K, device=qtiles.device) // min(group_size, K)
+    W = q * sz[g, 0] - sz[g, 1]
+    return W[:, :N].contiguous()
+
+
+def reference_tiled_gemm(x, qtiles, scale_zero, perm, bias, *, bits: int, group_size: int, in_features: int,
+                         out_features: int) -> torch.Tensor:
+    """Spec of slimformer::gptq_gemm: y = x[..., perm] @ W + bias, computed in float32, output in x.dtype."""
+    W = reference_tiled_dequantize(qtiles, scale_zero, bits=bits, group_size=group_size, in_features=in_features,
+                                   out_features=out_features)
+    xk = x.to(torch.float32)
+    if perm is not None:
+        xk = xk[..., perm]
+    y = xk @ W
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)

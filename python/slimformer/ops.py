@@ -1,0 +1,72 @@
+"""Thin Python face of the native ops: loads slimformer._C (which registers torch.ops.slimformer.*), declares the
+fake (meta) implementation of every op beside it so torch.compile traces through without graph breaks, and falls
+back to the pure-PyTorch references, with one clear warning, when the extension is missing."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .gptq import format as gptq_format
+
+try:
+    from . import _C  # noqa: F401  (importing registers the ops)
+    HAS_NATIVE = True
+    _NATIVE_ERROR = None
+except ImportError as e:  # pragma: no cover - exercised only in a broken install
+    HAS_NATIVE = False
+    _NATIVE_ERROR = e
+
+_warned = False
+
+
+def _warn_fallback():
+    global _warned
+    if not _warned:
+        warnings.warn(f"slimformer native extension not available ({_NATIVE_ERROR}); using the slow pure-PyTorch "
+                      "reference kernels. Reinstall with `pip install --no-build-isolation .`", RuntimeWarning,
+                      stacklevel=3)
+        _warned = True
+
+
+if HAS_NATIVE:
+    @torch.library.register_fake("slimformer::gptq_gemm")
+    def _gptq_gemm_fake(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features):
+        torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("slimformer::gptq_dequantize")
+    def _gptq_dequantize_fake(qtiles, scale_zero, bits, group_size, in_features, out_features):
+        return scale_zero.new_empty((in_features, out_features))
+
+    @torch.library.register_fake("slimformer::_unpack_bits")
+    def _unpack_bits_fake(words, bits, count):
+        return words.new_empty((count, words.shape[1]))
+
+
+def cpu_isa() -> str:
+    """The CPU path the kernels take now (honours SLIMFORMER_CPU_ISA)."""
+    return torch.ops.slimformer.cpu_isa() if HAS_NATIVE else "reference"
+
+
+def cpu_features() -> str:
+    return torch.ops.slimformer.cpu_features() if HAS_NATIVE else "native extension not built"
+
+
+def gptq_gemm(x, qtiles, scale_zero, perm, bias, bits: int, group_size: int, in_features: int,
+              out_features: int) -> torch.Tensor:
+    if HAS_NATIVE:
+        return torch.ops.slimformer.gptq_gemm(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features,
+                                              out_features)
+    _warn_fallback()
+    return gptq_format.reference_tiled_gemm(x, qtiles, scale_zero, perm, bias, bits=bits, group_size=group_size,
+                                            in_features=in_features, out_features=out_features)
+
+
+def gptq_dequantize(qtiles, scale_zero, bits: int, group_size: int, in_features: int,
+                    out_features: int) -> torch.Tensor:
+    if HAS_NATIVE:
+        return torch.ops.slimformer.gptq_dequantize(qtiles, scale_zero, bits, group_size, in_features, out_features)
+    _warn_fallback()
+    return gptq_format.reference_tiled_dequantize(qtiles, scale_zero, bits=bits, group_size=group_size,
+                                                  in_features=in_features, out_features=out_features)
