@@ -1,0 +1,49 @@
+# slimformer developer entry points. `make demo` and `make test` set up .venv from scratch (CPU torch pinned below,
+# then the package built against it with --no-build-isolation, so no CUDA torch is ever pulled onto a CPU box).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+CUDA_ARCHS ?= 80 90
+NVCC ?= nvcc
+CU_SOURCES := $(shell find csrc -name '*.cu')
+PYTEST_ARGS ?=
+
+.PHONY: all install test demo bench bench-kernel cuda-check clean
+
+all: install
+
+$(VENV)/.deps-stamp: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.40"
+	touch $@
+
+install: $(VENV)/.deps-stamp
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) -m slimformer.demo
+
+$(VENV)/.bench-stamp: $(VENV)/.deps-stamp
+	$(PY) -m pip install -q onnx onnxruntime
+	touch $@
+
+bench: install $(VENV)/.bench-stamp
+	$(PY) benchmarks/bench_gptq.py
+
+# Compiles every CUDA source for each architecture with plain nvcc (no torch needed): the CUDA evidence on
+# machines without a GPU.
+cuda-check:
+	@test -n "$(CU_SOURCES)" || { echo "no .cu sources found"; exit 1; }
+	@for arch in $(CUDA_ARCHS); do for f in $(CU_SOURCES); do \
+	  echo "nvcc sm_$$arch $$f"; \
+	  $(NVCC) -std=c++17 -O2 -Icsrc -arch=sm_$$arch -c $$f -o /dev/null || exit 1; \
+	done; done
+	@echo "cuda-check: all $(words $(CU_SOURCES)) CUDA sources compiled for sm_$(subst $() $(),/sm_,$(CUDA_ARCHS))"
+
+clean:
+	rm -rf build dist *.egg-info

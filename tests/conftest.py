@@ -1,0 +1,37 @@
+import os
+
+import pytest
+import torch
+
+from slimformer import ops
+
+
+def _supported_isas():
+    feats = ops.cpu_features()  # e.g. "isa=avx2 avx2=1 avx512=0 ..."
+    best = feats.split()[0].split("=")[1]
+    order = ["scalar", "avx2", "avx512"]
+    return order[: order.index(best) + 1]
+
+
+SUPPORTED_ISAS = _supported_isas()
+ALL_ISAS = ["scalar", "avx2", "avx512"]
+
+
+@pytest.fixture(params=ALL_ISAS)
+def cpu_isa(request, monkeypatch):
+    """Runs the test once per CPU kernel path; paths this CPU cannot execute are skipped (running them would be an
+    illegal instruction), which is why CI on an AVX2-only machine reports the avx512 cases as skipped."""
+    isa = request.param
+    if isa not in SUPPORTED_ISAS:
+        pytest.skip(f"this CPU cannot run the {isa} path (supports {SUPPORTED_ISAS})")
+    monkeypatch.setenv("SLIMFORMER_CPU_ISA", isa)
+    assert ops.cpu_isa() == isa
+    return isa
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,0 +1,133 @@
+"""QuantLinear: builders, Hub state_dict round trips, accuracy against float64, and bad input."""
+import pytest
+import torch
+
+from helpers import random_hub_layer, rel_err
+from slimformer import QuantLinear
+from slimformer.gptq import format as F
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("cf", ["gptq", "gptq_v2"])
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("gs", [128, -1])
+def test_from_gptq_matches_float64_reference(bits, cf, act_order, gs):
+    K, N = 512, 96
+    hub, _, _ = random_hub_layer(K, N, bits, gs, act_order=act_order, checkpoint_format=cf)
+    layer = QuantLinear.from_gptq(**hub, bits=bits, group_size=gs, checkpoint_format=cf)
+    x = torch.randn(7, K)
+    ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=F.resolve_group_size(gs, K), in_features=K,
+                           out_features=N, checkpoint_format=cf)
+    assert rel_err(layer(x), ref) < 2e-4
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("cf", ["gptq", "gptq_v2"])
+def test_state_dict_is_hub_layout_and_round_trips(act_order, cf):
+    hub, _, _ = random_hub_layer(256, 64, 3, 64, act_order=act_order, checkpoint_format=cf)
+    layer = QuantLinear.from_gptq(**hub, bits=3, group_size=64, checkpoint_format=cf)
+    sd = layer.state_dict()
+    assert set(sd) == {"qweight", "qzeros", "scales", "g_idx", "bias"}
+    for k, v in hub.items():
+        assert torch.equal(sd[k], v.to(sd[k].dtype)), k
+    fresh = QuantLinear(256, 64, bits=3, group_size=64, checkpoint_format=cf)
+    fresh.load_state_dict(sd)
+    x = torch.randn(5, 256)
+    assert torch.equal(fresh(x), layer(x))
+    assert fresh.extra_repr() == layer.extra_repr()
+
+
+def test_from_linear_rtn_close_to_dense():
+    lin = torch.nn.Linear(256, 128)
+    for bits, tol in ((4, 0.12), (3, 0.25)):
+        for sym in (True, False):
+            q = QuantLinear.from_linear(lin, bits=bits, group_size=64, sym=sym)
+            x = torch.randn(9, 256)
+            assert rel_err(q(x), lin(x).detach()) < tol
+            assert q.dequantize().shape == lin.weight.shape
+    assert "bits=3, group_size=64" in repr(q)
+
+
+def test_missing_qweight_in_state_dict():
+    layer = QuantLinear(64, 32, bits=4, group_size=32)
+    sd = layer.state_dict()
+    del sd["qweight"]
+    with pytest.raises(RuntimeError, match="qweight"):
+        layer.load_state_dict(sd)
+
+
+def test_mismatched_state_dict_shapes():
+    layer = QuantLinear(64, 32, bits=4, group_size=32)
+    sd = layer.state_dict()
+    sd["scales"] = torch.zeros(3, 32, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="scales"):
+        layer.load_state_dict(sd)
+    sd = layer.state_dict()
+    sd["qweight"] = torch.zeros(4, 32, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="qweight must have shape"):
+        layer.load_state_dict(sd)
+
+
+def test_bad_hub_tensors():
+    hub, _, _ = random_hub_layer(128, 64, 4, 32)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        QuantLinear.from_gptq(**hub, bits=5, group_size=32)
+    with pytest.raises(ValueError, match="qzeros must have shape"):
+        QuantLinear.from_gptq(**{**hub, "qzeros": hub["qzeros"][:2]}, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="scales must have shape"):
+        QuantLinear.from_gptq(**{**hub, "scales": hub["scales"][:, :32]}, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="qweight must be torch.int32"):
+        QuantLinear.from_gptq(**{**hub, "qweight": hub["qweight"].float()}, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="g_idx values"):
+        QuantLinear.from_gptq(**{**hub, "g_idx": hub["g_idx"] + 10}, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="checkpoint_format"):
+        QuantLinear.from_gptq(**hub, bits=4, group_size=32, checkpoint_format="awq")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        QuantLinear(100, 64, bits=3)
+    with pytest.raises(ValueError, match="out_features must be a multiple of 32"):
+        QuantLinear(64, 40, bits=3)
+
+
+def test_bad_activations():
+    hub, _, _ = random_hub_layer(128, 64, 4, 32)
+    layer = QuantLinear.from_gptq(**hub, bits=4, group_size=32)
+    with pytest.raises(RuntimeError, match=r"x must have shape \[\.\.\., 128\]"):
+        layer(torch.randn(3, 127))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        layer(torch.randn(3, 128).half())
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        layer(torch.randint(0, 3, (3, 128)))
+
+
+def test_bad_kernel_arguments():
+    hub, _, _ = random_hub_layer(128, 64, 4, 32)
+    layer = QuantLinear.from_gptq(**hub, bits=4, group_size=32)
+    x = torch.randn(2, 128)
+    op = torch.ops.slimformer.gptq_gemm
+    with pytest.raises(RuntimeError, match="bits must be one of"):
+        op(x, layer.qtiles, layer.scale_zero, None, None, 5, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="qtiles must have shape"):
+        op(x, layer.qtiles, layer.scale_zero, None, None, 4, 32, 128, 96)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x, layer.qtiles.transpose(0, 1).contiguous().transpose(0, 1), layer.scale_zero, None, None, 4, 32, 128,
+           64)
+    with pytest.raises(RuntimeError, match="scale_zero must be Float"):
+        op(x, layer.qtiles, layer.scale_zero.half(), None, None, 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="group_size must be positive"):
+        op(x, layer.qtiles, layer.scale_zero, None, None, 4, 0, 128, 64)
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        op(x, layer.qtiles, layer.scale_zero, None, torch.zeros(3), 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="perm must have shape"):
+        op(x, layer.qtiles, layer.scale_zero, torch.arange(64), None, 4, 32, 128, 64)
+
+
+def test_bad_isa_request(monkeypatch):
+    layer = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=4, group_size=32)
+    monkeypatch.setenv("SLIMFORMER_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="must be one of scalar, avx2, avx512"):
+        layer(torch.randn(1, 64))
+    from conftest import SUPPORTED_ISAS
+    if "avx512" not in SUPPORTED_ISAS:
+        monkeypatch.setenv("SLIMFORMER_CPU_ISA", "avx512")
+        with pytest.raises(RuntimeError, match="supports at most"):
+            layer(torch.randn(1, 64))
