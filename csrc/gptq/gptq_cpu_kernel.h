@@ -2,7 +2,7 @@
 // AVX-512) the way ATen compiles its native kernels per CPU capability. Each including TU defines SF_ISA_NS and,
 // inside slimformer::gptq::SF_ISA_NS, a struct V:
 //   L (fp32 lanes), MR_MAX (activation rows kept in registers), F/I (float/int vectors),
-//   zero, set1, load, store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, loadi, and_, or_, srl<S>, sll<S>, cvt.
+//   zero, set1, load, store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt.
 //
 // Small-M (decode) design. One task is one 32-column tile; its K x 32 packed weights (64 KiB at K=4096, int4)
 // are streamed from memory once and re-read from L2 for every further block of MR activation rows. For each
@@ -59,6 +59,9 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
   constexpr int NV = kTileCols / L;
   constexpr int UV = unit_values(BITS);
   constexpr int UW = unit_words(BITS);
+  // Independent accumulator sets: each FMA chain must wait the FMA latency (4 cycles), so with one row the NV
+  // column vectors alone cannot keep two FMA pipes busy; alternate two sets over even/odd values.
+  constexpr int NACC = MR * NV >= 8 ? 1 : 2;
   const TiledWeight& w = a.w;
   const int64_t K = w.K, G = w.groups(), gs = w.group_size;
   const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
@@ -73,9 +76,10 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
   for (int64_t g = 0; g < G; ++g) {
     const int64_t u0 = g * gs / UV;
     const int64_t u1 = (g + 1) * gs < K ? (g + 1) * gs / UV : K / UV;
-    F acc[MR][NV];
-    for (int mm = 0; mm < MR; ++mm)
-      for (int v = 0; v < NV; ++v) acc[mm][v] = V::zero();
+    F acc[NACC][MR][NV];
+    for (int a2 = 0; a2 < NACC; ++a2)
+      for (int mm = 0; mm < MR; ++mm)
+        for (int v = 0; v < NV; ++v) acc[a2][mm][v] = V::zero();
     for (int64_t u = u0; u < u1; ++u) {
       const int32_t* up = qt + u * UW * kTileCols;
       const int64_t k = u * UV;
@@ -85,7 +89,7 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
         for (int mm = 0; mm < MR; ++mm) xb[mm] = V::bcast(xrow[mm] + k + r);
         for (int v = 0; v < NV; ++v) {
           const F q = extract<BITS, r>(up + v * L);
-          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::fma(xb[mm], q, acc[mm][v]);
+          for (int mm = 0; mm < MR; ++mm) acc[r % NACC][mm][v] = V::fma(xb[mm], q, acc[r % NACC][mm][v]);
         }
       });
     }
@@ -94,7 +98,9 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
       const F scale = V::load(szg + v * L);
       const F scale_zero = V::load(szg + kTileCols + v * L);
       for (int mm = 0; mm < MR; ++mm) {
-        out[mm][v] = V::fma(scale, acc[mm][v], out[mm][v]);
+        F sum = acc[0][mm][v];
+        for (int a2 = 1; a2 < NACC; ++a2) sum = V::add(sum, acc[a2][mm][v]);
+        out[mm][v] = V::fma(scale, sum, out[mm][v]);
         out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
       }
     }

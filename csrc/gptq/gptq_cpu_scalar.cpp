@@ -20,6 +20,7 @@ struct V {
   static F fma(F a, F b, F c) { return std::fma(a, b, c); }
   static F fnma(F a, F b, F c) { return std::fma(-a, b, c); }
   static F fms(F a, F b, F c) { return std::fma(a, b, -c); }
+  static F add(F a, F b) { return a + b; }
   static F mul(F a, F b) { return a * b; }
   static I loadi(const int32_t* p) { return static_cast<uint32_t>(*p); }
   static I and_(I a, uint32_t m) { return a & m; }

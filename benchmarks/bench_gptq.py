@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""GPTQ int4/int3 linear-layer benchmark (CPU, and CUDA when a GPU is present).
+
+Times y = x @ W for one linear layer at a time, cycling over `--layers` distinct weights so that the working set
+is larger than the last-level cache (what a real model's decode step sees), and reports the median time per
+layer. Compared on the CPU:
+  slimformer int4 / int3 (group 128) with fp32 and bf16 activations,
+  dense torch fp32 and bf16 nn.functional.linear,
+  torch's own int4 CPU op (aten._weight_int4pack_mm_for_cpu, bf16),
+  ONNX Runtime MatMulNBits int4 (block 128) at accuracy_level 0 (fp32) and 4 (int8 activations), if installed.
+Effective GB/s is the packed weight bytes (plus scales) divided by the time, next to a read bandwidth measured
+here. Prints a table, writes JSON (benchmarks/results/), and checks the goals of issue 2 when --goals is given.
+
+    python benchmarks/bench_gptq.py                       # all shapes, M in {1, 4, 16, 64, 128}
+    python benchmarks/bench_gptq.py --shapes 4096x4096 --m 1 128 --goals
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import slimformer
+from slimformer import QuantLinear, ops
+
+
+def median_us(fn, layers: int, rounds: int) -> float:
+    """Median over rounds of (time to run fn on every layer once) / layers."""
+    for i in range(layers):  # warm-up (also triggers any lazy packing)
+        fn(i)
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(layers):
+            fn(i)
+        samples.append((time.perf_counter() - t0) / layers * 1e6)
+    return statistics.median(samples)
+
+
+def read_bandwidth_gbs(mib: int = 1024) -> float:
+    buf = torch.ones(mib * 1024 * 1024 // 4)
+    buf.sum()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def random_quant_layer(K: int, N: int, bits: int, group: int, device="cpu") -> QuantLinear:
+    """A QuantLinear with random Hub tensors (speed does not depend on the values)."""
+    from slimformer.gptq import format as F
+    G = -(-K // group)
+    q = torch.randint(0, 1 << bits, (K, N), dtype=torch.int32)
+    zeros = torch.full((G, N), 1 << (bits - 1), dtype=torch.int32)
+    scales = (torch.rand(G, N) * 0.01 + 1e-3).half()
+    return QuantLinear.from_gptq(F.pack_rows(q, bits), F.qzeros_from_zeros(zeros, bits, "gptq"), scales, None,
+                                 None, bits=bits, group_size=group).to(device)
+
+
+def ort_sessions(K, N, layers, accuracy_level, block=128, threads=2):
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    nb = K // block
+    rng = np.random.default_rng(0)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sessions = []
+    for _ in range(layers):
+        node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft", K=K, N=N, bits=4,
+                                block_size=block, accuracy_level=accuracy_level)
+        graph = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", K])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", N])],
+            initializer=[numpy_helper.from_array(rng.integers(0, 255, (N, nb, block // 2), dtype=np.uint8), "B"),
+                         numpy_helper.from_array((rng.random(N * nb, dtype=np.float32) * 0.01), "S")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 10
+        sessions.append(ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]))
+    return sessions
+
+
+def weight_bytes(K, N, bits, group):
+    return K * N * bits / 8 + (-(-K // group)) * N * (2 + bits / 8)  # packed ints + fp16 scales + zeros
+
+
+def bench_cpu(shapes, ms, layers_for, rounds, threads, methods):
+    rows = []
+    group = 128
+    for K, N in shapes:
+        L = layers_for(K, N)
+        layers = {}
+        todo = [(m, M) for M in ms for m in methods]
+        bar = tqdm(total=len(todo), desc=f"{K}x{N} ({L} layers)", leave=False)
+        for name in methods:
+            # Build each method's layers lazily and drop them after use, so memory stays bounded.
+            if name.startswith("slimformer-int"):
+                bits = int(name[len("slimformer-int")])
+                ql = [random_quant_layer(K, N, bits, group) for _ in range(L)]
+                dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
+                fn_for = lambda x, ql=ql: (lambda i: ql[i](x))  # noqa: E731
+                nbytes = weight_bytes(K, N, bits, group)
+            elif name.startswith("torch-dense"):
+                dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
+                ws = [torch.randn(N, K, dtype=dtype) * 0.02 for _ in range(L)]
+                fn_for = lambda x, ws=ws: (lambda i: torch.nn.functional.linear(x, ws[i]))  # noqa: E731
+                nbytes = K * N * ws[0].element_size()
+            elif name == "torch-int4-bf16":
+                dtype = torch.bfloat16
+                packed = [torch._convert_weight_to_int4pack_for_cpu(
+                    torch.randint(0, 16, (N, K), dtype=torch.int32), 2) for _ in range(L)]
+                sz = [torch.randn(K // group, N, 2, dtype=torch.bfloat16) * 0.01 for _ in range(L)]
+                fn_for = lambda x, p=packed, s=sz: (  # noqa: E731
+                    lambda i: torch._weight_int4pack_mm_for_cpu(x, p[i], group, s[i]))
+                nbytes = weight_bytes(K, N, 4, group)
+            elif name.startswith("ort-int4-acc"):
+                level = int(name[-1])
+                sess = ort_sessions(K, N, L, level, threads=threads)
+                if sess is None:
+                    bar.update(len(ms))
+                    continue
+                dtype = torch.float32
+                fn_for = lambda x, s=sess: (lambda i, xn=x.numpy(): s[i].run(None, {"A": xn}))  # noqa: E731
+                nbytes = weight_bytes(K, N, 4, group)
+            else:
+                raise ValueError(name)
+            for M in ms:
+                x = torch.randn(M, K).to(dtype)
+                us = median_us(fn_for(x), L, rounds if M <= 16 else max(3, rounds // 2))
+                rows.append(dict(method=name, K=K, N=N, M=M, us=us, gbs=nbytes / us / 1e3,
+                                 gflops=2 * M * K * N / us / 1e3))
+                bar.update(1)
+            del fn_for
+        bar.close()
+    return rows
+
+
+def bench_cuda(shapes, ms, rounds):
+    rows = []
+    dev = "cuda"
+    for K, N in shapes:
+        L = 16
+        for name, bits in (("slimformer-int4-fp16", 4), ("slimformer-int3-fp16", 3), ("torch-dense-fp16", 16),
+                           ("torch-dense-bf16", 16)):
+            dtype = torch.bfloat16 if name.endswith("bf16") else torch.float16
+            if bits == 16:
+                ws = [torch.randn(N, K, dtype=dtype, device=dev) * 0.02 for _ in range(L)]
+                fn_for = lambda x, ws=ws: (lambda i: torch.nn.functional.linear(x, ws[i]))  # noqa: E731
+                nbytes = K * N * 2
+            else:
+                ql = [random_quant_layer(K, N, bits, 128, dev) for _ in range(L)]
+                fn_for = lambda x, ql=ql: (lambda i: ql[i](x))  # noqa: E731
+                nbytes = weight_bytes(K, N, bits, 128)
+            for M in ms:
+                x = torch.randn(M, K, device=dev).to(dtype)
+                fn = fn_for(x)
+                for i in range(L):
+                    fn(i)
+                samples = []
+                for _ in range(rounds):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for i in range(L):
+                        fn(i)
+                    end.record()
+                    torch.cuda.synchronize()
+                    samples.append(start.elapsed_time(end) * 1e3 / L)
+                us = statistics.median(samples)
+                rows.append(dict(method=name, K=K, N=N, M=M, us=us, gbs=nbytes / us / 1e3,
+                                 gflops=2 * M * K * N / us / 1e3))
+    return rows
+
+
+def print_table(rows, title):
+    print(f"\n{title}")
+    print(f"{'method':<26}{'K':>7}{'N':>7}{'M':>5}{'us/layer':>12}{'GB/s':>9}{'GFLOP/s':>10}")
+    for r in rows:
+        print(f"{r['method']:<26}{r['K']:>7}{r['N']:>7}{r['M']:>5}{r['us']:>12.1f}{r['gbs']:>9.2f}"
+              f"{r['gflops']:>10.1f}")
+
+
+def goals(rows):
+    def t(method, M, K=4096, N=4096):
+        for r in rows:
+            if (r["method"], r["M"], r["K"], r["N"]) == (method, M, K, N):
+                return r["us"]
+        return None
+
+    checks = [
+        ("M=1 bf16: ORT acc4 / slimformer int4 >= 1.3", "ort-int4-acc4", "slimformer-int4-bf16", 1, 1.3, True),
+        ("M=1 fp32: ORT acc0 / slimformer int4 >= 2.5", "ort-int4-acc0", "slimformer-int4-fp32", 1, 2.5, True),
+        ("M=1 fp32: slimformer int3 / int4 <= 0.8", "slimformer-int3-fp32", "slimformer-int4-fp32", 1, 0.8, False),
+        ("M=1 bf16: slimformer int3 / int4 <= 0.8", "slimformer-int3-bf16", "slimformer-int4-bf16", 1, 0.8, False),
+        ("M=128 bf16: slimformer int4 / dense bf16 <= 1.1", "slimformer-int4-bf16", "torch-dense-bf16", 128, 1.1,
+         False),
+        ("M=128 fp32: slimformer int4 / dense fp32 (info)", "slimformer-int4-fp32", "torch-dense-fp32", 128, None,
+         False),
+    ]
+    out = []
+    print("\nissue-2 goals, 4096x4096, group 128, same run:")
+    for label, a, b, M, bound, higher in checks:
+        ta, tb = t(a, M), t(b, M)
+        if ta is None or tb is None:
+            print(f"  {label}: not measured")
+            continue
+        ratio = ta / tb
+        ok = None if bound is None else (ratio >= bound if higher else ratio <= bound)
+        status = "" if ok is None else ("PASS" if ok else "MISS")
+        print(f"  {label}: {ratio:.2f}  {status}")
+        out.append(dict(goal=label, ratio=ratio, met=ok))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=["4096x4096", "4096x11008", "11008x4096"],
+                   help="KxN (in_features x out_features)")
+    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16, 64, 128])
+    p.add_argument("--layers", type=int, default=0, help="distinct layers (default: 16 at 4096x4096, fewer for "
+                   "larger shapes, always well over the last-level cache)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--methods", nargs="+", default=[
+        "slimformer-int4-fp32", "slimformer-int3-fp32", "slimformer-int4-bf16", "slimformer-int3-bf16",
+        "torch-dense-fp32", "torch-dense-bf16", "torch-int4-bf16", "ort-int4-acc0", "ort-int4-acc4"])
+    p.add_argument("--json", default="benchmarks/results/gptq_cpu.json")
+    p.add_argument("--goals", action="store_true", help="print the issue-2 goal ratios")
+    p.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels instead")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    meta = dict(date=str(date.today()), machine=platform.machine(), cpu=_cpu_name(), threads=args.threads,
+                torch=torch.__version__, slimformer=slimformer.__version__, cpu_features=ops.cpu_features(),
+                isa=ops.cpu_isa())
+    if args.cuda:
+        if not torch.cuda.is_available():
+            sys.exit("--cuda: no CUDA device")
+        meta["gpu"] = torch.cuda.get_device_name()
+        rows = bench_cuda(shapes, args.m, args.rounds)
+        print_table(rows, f"CUDA ({meta['gpu']})")
+        result = dict(meta=meta, rows=rows)
+    else:
+        meta["read_gbs"] = read_bandwidth_gbs()
+        print(f"{meta['cpu']}, {args.threads} threads, {meta['cpu_features']}, "
+              f"measured read bandwidth {meta['read_gbs']:.1f} GB/s")
+        layers_for = (lambda K, N: args.layers) if args.layers else (lambda K, N: 16 if K * N <= 4096 * 4096 else 8)
+        rows = bench_cpu(shapes, args.m, layers_for, args.rounds, args.threads, args.methods)
+        print_table(rows, "CPU, group 128 (GB/s = packed weight bytes / time)")
+        result = dict(meta=meta, rows=rows)
+        if args.goals:
+            result["goals"] = goals(rows)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {args.json}")
+
+
+def _cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+    main()
