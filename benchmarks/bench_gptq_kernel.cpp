@@ -90,12 +90,9 @@ int main(int argc, char** argv) {
   std::vector<std::vector<float>> sz(o.layers);
   std::vector<SmallMArgs> args(o.layers);
   const TiledWeight shape{nullptr, nullptr, o.k, o.n, o.bits, std::min(o.group, o.k)};
-  std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), y(o.m * o.n);
+  std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), row_scale(o.m), y(o.m * o.n);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
   for (auto& v : x) v = uni(rng);
-  for (int64_t m = 0; m < o.m; ++m)
-    prescale_activation_row(x.data() + m * o.k, o.k, o.bits, shape.group_size, xs.data() + m * o.k,
-                            xsum.data() + m * shape.groups());
   for (int64_t l = 0; l < o.layers; ++l) {
     q[l].resize(shape.n_tiles() * shape.k_words() * kTileCols);
     for (auto& v : q[l]) v = static_cast<int32_t>(rng());
@@ -104,19 +101,19 @@ int main(int argc, char** argv) {
     TiledWeight w = shape;
     w.qtiles = q[l].data();
     w.scale_zero = sz[l].data();
-    args[l] = SmallMArgs{w, xs.data(), xsum.data(), y.data(), o.m, o.n};
+    args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), y.data(), o.m, o.n};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 8;
   struct Path {
     const char* name;
-    KernelFn fn;
+    const CpuKernels& kern;
     bool ok;
   };
   __builtin_cpu_init();
   const Path paths[] = {
-      {"scalar", small_m_gemm_scalar, true},
-      {"avx2", small_m_gemm_avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
-      {"avx512", small_m_gemm_avx512,
+      {"scalar", cpu_kernels_scalar(), true},
+      {"avx2", cpu_kernels_avx2(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
+      {"avx512", cpu_kernels_avx512(),
        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl")},
   };
@@ -126,7 +123,8 @@ int main(int argc, char** argv) {
   for (const Path& p : paths) {
     if (!p.ok) continue;
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
-    const double ms = run_ms(p.fn, args, o.threads, iters);
+    p.kern.prepare_rows(shape, x.data(), 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
+    const double ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
     const double gbs = weight_bytes / (ms * 1e-3) / 1e9;
     const double gflops = 2.0 * o.m * o.k * o.n / (ms * 1e-3) / 1e9;
     if (o.json)

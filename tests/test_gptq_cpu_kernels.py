@@ -80,3 +80,33 @@ def test_dequantize_matches_reference(cpu_isa):
                                    group_size=F.resolve_group_size(gs, K), in_features=K, out_features=N,
                                    checkpoint_format="gptq_v2")
         assert rel_err(layer.dequantize(), W.t()) < 1e-6
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_flush_denormal_mode_does_not_change_results(cpu_isa, bits):
+    # The SIMD paths read integers as denormal floats; they must clear DAZ for themselves.
+    layer, hub = _layer(bits, 160, 96, 32, False, "gptq_v2")
+    x = torch.randn(3, 160)
+    ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=32, in_features=160, out_features=96,
+                           checkpoint_format="gptq_v2")
+    assert torch.set_flush_denormal(True)
+    try:
+        y = layer(x)
+    finally:
+        torch.set_flush_denormal(False)
+    assert rel_err(y, ref) < 2e-5
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-12, 1e6, 1e20])
+def test_activation_magnitudes(cpu_isa, scale):
+    # The per-row exponent of the prescale adapts to each row's magnitude: tiny, huge and all-zero rows stay exact.
+    layer, hub = _layer(4, 128, 64, 32, True, "gptq")
+    x = torch.randn(4, 128) * scale
+    x[1] = torch.randn(128)  # rows of very different magnitude in one call
+    ref = F.reference_gemm(x.double(), **hub, bits=4, group_size=32, in_features=128, out_features=64)
+    y = layer(x)
+    for m in range(4):
+        if ref[m].norm() == 0:
+            assert torch.all(y[m] == 0)
+        else:
+            assert rel_err(y[m], ref[m]) < 2e-5, (m, rel_err(y[m], ref[m]))

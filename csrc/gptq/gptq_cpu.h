@@ -10,13 +10,15 @@ namespace slimformer {
 namespace gptq {
 
 // Small-M (decode) GEMM over column tiles [t0, t1).
-//   xs   fp32 [M, K]  activations in kernel row order, each multiplied by 2^-value_prescale_shift(bits, k % unit)
+//   xs   fp32 [M, K]  activations in kernel row order, prescaled for the ISA's extraction by its prepare_rows
 //   xsum fp32 [M, G]  plain (unscaled) sum of the activations of each group
 //   y    fp32 [M, ldy] columns of the tiles are written (columns >= N are skipped)
+//   row_scale fp32 [M]  per-row factor the group sums are multiplied by (see prepare_rows in gptq_cpu_kernel.h)
 struct SmallMArgs {
   TiledWeight w;
   const float* xs;
   const float* xsum;
+  const float* row_scale;
   float* y;
   int64_t M, ldy;
 };
@@ -28,15 +30,17 @@ struct DequantArgs {
   int64_t ldo;
 };
 
-void small_m_gemm_scalar(const SmallMArgs& a, int64_t t0, int64_t t1);
-void small_m_gemm_avx2(const SmallMArgs& a, int64_t t0, int64_t t1);
-void small_m_gemm_avx512(const SmallMArgs& a, int64_t t0, int64_t t1);
-void dequant_tiles_scalar(const DequantArgs& a, int64_t t0, int64_t t1);
-void dequant_tiles_avx2(const DequantArgs& a, int64_t t0, int64_t t1);
-void dequant_tiles_avx512(const DequantArgs& a, int64_t t0, int64_t t1);
-
-// Fills xs and xsum for one activation row (fp32 input, already in kernel row order).
-void prescale_activation_row(const float* x, int64_t K, int64_t bits, int64_t group_size, float* xs, float* xsum);
+// One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
+// (fp32, kernel row order) the way that ISA's small_m_gemm reads them.
+struct CpuKernels {
+  void (*prepare_rows)(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, float* xs, float* xsum,
+                       float* row_scale);
+  void (*small_m_gemm)(const SmallMArgs& a, int64_t t0, int64_t t1);
+  void (*dequant_tiles)(const DequantArgs& a, int64_t t0, int64_t t1);
+};
+const CpuKernels& cpu_kernels_scalar();
+const CpuKernels& cpu_kernels_avx2();
+const CpuKernels& cpu_kernels_avx512();
 
 }  // namespace gptq
 }  // namespace slimformer

@@ -11,6 +11,19 @@ namespace avx2_impl {
 struct V {
   static constexpr int L = 8;
   static constexpr int MR_MAX = 2;  // 2 rows x 4 column vectors = 8 accumulators of 16 ymm registers
+  static constexpr bool kMantissaExtraction = true;
+  // Mantissa extraction feeds denormals to the FMAs: clear MXCSR.DAZ (torch.set_flush_denormal sets it) for the
+  // duration of a kernel call, on whichever thread runs it. FTZ may stay: every product is a normal float.
+  struct FloatEnvironment {
+    unsigned saved;
+    FloatEnvironment() : saved(_mm_getcsr()) {
+      if (saved & kDaz) _mm_setcsr(saved & ~kDaz);
+    }
+    ~FloatEnvironment() {
+      if (saved & kDaz) _mm_setcsr(saved);
+    }
+    static constexpr unsigned kDaz = 0x0040;
+  };
   using F = __m256;
   using I = __m256i;
   static F zero() { return _mm256_setzero_ps(); }
@@ -28,6 +41,7 @@ struct V {
   static I or_(I a, I b) { return _mm256_or_si256(a, b); }
   template <int S> static I srl(I a) { return _mm256_srli_epi32(a, S); }
   template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
+  static F as_float(I a) { return _mm256_castsi256_ps(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
 };
 }  // namespace avx2_impl
@@ -37,11 +51,9 @@ struct V {
 
 namespace slimformer {
 namespace gptq {
-void small_m_gemm_avx2(const SmallMArgs& a, int64_t t0, int64_t t1) {
-  avx2_impl::dispatch_bits<avx2_impl::SmallMGemm>(a.w.bits, a, t0, t1);
-}
-void dequant_tiles_avx2(const DequantArgs& a, int64_t t0, int64_t t1) {
-  avx2_impl::dispatch_bits<avx2_impl::DequantTiles>(a.w.bits, a, t0, t1);
+const CpuKernels& cpu_kernels_avx2() {
+  static const CpuKernels k = avx2_impl::kernels();
+  return k;
 }
 }  // namespace gptq
 }  // namespace slimformer

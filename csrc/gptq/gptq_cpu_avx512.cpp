@@ -11,6 +11,19 @@ namespace avx512_impl {
 struct V {
   static constexpr int L = 16;
   static constexpr int MR_MAX = 4;  // 4 rows x 2 column vectors = 8 accumulators of 32 zmm registers
+  static constexpr bool kMantissaExtraction = true;
+  // Mantissa extraction feeds denormals to the FMAs: clear MXCSR.DAZ (torch.set_flush_denormal sets it) for the
+  // duration of a kernel call, on whichever thread runs it. FTZ may stay: every product is a normal float.
+  struct FloatEnvironment {
+    unsigned saved;
+    FloatEnvironment() : saved(_mm_getcsr()) {
+      if (saved & kDaz) _mm_setcsr(saved & ~kDaz);
+    }
+    ~FloatEnvironment() {
+      if (saved & kDaz) _mm_setcsr(saved);
+    }
+    static constexpr unsigned kDaz = 0x0040;
+  };
   using F = __m512;
   using I = __m512i;
   static F zero() { return _mm512_setzero_ps(); }
@@ -28,6 +41,7 @@ struct V {
   static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   template <int S> static I srl(I a) { return _mm512_srli_epi32(a, S); }
   template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
+  static F as_float(I a) { return _mm512_castsi512_ps(a); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
 };
 }  // namespace avx512_impl
@@ -37,11 +51,9 @@ struct V {
 
 namespace slimformer {
 namespace gptq {
-void small_m_gemm_avx512(const SmallMArgs& a, int64_t t0, int64_t t1) {
-  avx512_impl::dispatch_bits<avx512_impl::SmallMGemm>(a.w.bits, a, t0, t1);
-}
-void dequant_tiles_avx512(const DequantArgs& a, int64_t t0, int64_t t1) {
-  avx512_impl::dispatch_bits<avx512_impl::DequantTiles>(a.w.bits, a, t0, t1);
+const CpuKernels& cpu_kernels_avx512() {
+  static const CpuKernels k = avx512_impl::kernels();
+  return k;
 }
 }  // namespace gptq
 }  // namespace slimformer

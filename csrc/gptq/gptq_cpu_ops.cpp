@@ -15,21 +15,11 @@ namespace slimformer {
 namespace gptq {
 namespace {
 
-using SmallMFn = void (*)(const SmallMArgs&, int64_t, int64_t);
-using DequantFn = void (*)(const DequantArgs&, int64_t, int64_t);
-
-SmallMFn small_m_kernel(CpuIsa isa) {
+const CpuKernels& kernels_for(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::kAvx512: return small_m_gemm_avx512;
-    case CpuIsa::kAvx2: return small_m_gemm_avx2;
-    default: return small_m_gemm_scalar;
-  }
-}
-DequantFn dequant_kernel(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512: return dequant_tiles_avx512;
-    case CpuIsa::kAvx2: return dequant_tiles_avx2;
-    default: return dequant_tiles_scalar;
+    case CpuIsa::kAvx512: return cpu_kernels_avx512();
+    case CpuIsa::kAvx2: return cpu_kernels_avx2();
+    default: return cpu_kernels_scalar();
   }
 }
 
@@ -52,24 +42,22 @@ int64_t large_m_threshold() {
 // between the dequantization and the GEMM that reads it.
 constexpr int64_t kTilesPerChunk = 8;
 
-void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, CpuIsa isa) {
+void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
   const int64_t M = xf.size(0), K = w.K, G = w.groups();
   at::Tensor xs = at::empty({M, K}, xf.options());
   at::Tensor xsum = at::empty({M, G}, xf.options());
+  at::Tensor row_scale = at::empty({M}, xf.options());
   const float* xp = xf.data_ptr<float>();
   float* xsp = xs.data_ptr<float>();
   float* xsump = xsum.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m)
-      prescale_activation_row(xp + m * K, K, w.bits, w.group_size, xsp + m * K, xsump + m * G);
-  });
-  const SmallMArgs args{w, xsp, xsump, y.data_ptr<float>(), M, w.N};
-  const SmallMFn fn = small_m_kernel(isa);
-  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { fn(args, b, e); });
+  float* rsp = row_scale.data_ptr<float>();
+  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) { kern.prepare_rows(w, xp, b, e, xsp, xsump, rsp); });
+  const SmallMArgs args{w, xsp, xsump, rsp, y.data_ptr<float>(), M, w.N};
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
 
-void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, CpuIsa isa) {
-  const DequantFn fn = dequant_kernel(isa);
+void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
+  const auto fn = kern.dequant_tiles;
   const int64_t n_tiles = w.n_tiles();
   const int64_t chunk_cols = kTilesPerChunk * kTileCols;
   at::Tensor wbuf = at::empty({w.K, chunk_cols}, xf.options());
@@ -96,11 +84,11 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   const int64_t M = xf.size(0);
   at::Tensor y = at::empty({M, out_features}, xf.options());
   if (M > 0) {
-    const CpuIsa isa = active_cpu_isa();
+    const CpuKernels& kern = kernels_for(active_cpu_isa());
     if (M < large_m_threshold())
-      small_m_path(xf, w, y, isa);
+      small_m_path(xf, w, y, kern);
     else
-      large_m_path(xf, w, y, isa);
+      large_m_path(xf, w, y, kern);
   }
   if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
   return y.to(x.scalar_type()).reshape(output_shape(x, out_features));
@@ -111,7 +99,7 @@ at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   const int64_t padded = w.n_tiles() * kTileCols;
   at::Tensor out = at::empty({in_features, padded}, scale_zero.options());
-  const DequantFn fn = dequant_kernel(active_cpu_isa());
+  const auto fn = kernels_for(active_cpu_isa()).dequant_tiles;
   float* p = out.data_ptr<float>();
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { fn(DequantArgs{w, p + b * kTileCols, padded}, b, e); });
   return out.narrow(1, 0, out_features).contiguous();

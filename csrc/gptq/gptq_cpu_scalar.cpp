@@ -1,7 +1,7 @@
-// Portable scalar instantiation of the GPTQ CPU kernels (compiled with the baseline flags only), plus the
-// activation prescale shared by every ISA path.
+// Portable scalar instantiation of the GPTQ CPU kernels (compiled with the baseline flags only).
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #define SF_ISA_NS scalar_impl
 namespace slimformer {
@@ -10,6 +10,8 @@ namespace scalar_impl {
 struct V {
   static constexpr int L = 1;
   static constexpr int MR_MAX = 1;
+  static constexpr bool kMantissaExtraction = false;  // portable: convert, do not rely on denormal handling
+  struct FloatEnvironment {};
   using F = float;
   using I = uint32_t;
   static F zero() { return 0.f; }
@@ -27,6 +29,11 @@ struct V {
   static I or_(I a, I b) { return a | b; }
   template <int S> static I srl(I a) { return a >> S; }
   template <int S> static I sll(I a) { return a << S; }
+  static F as_float(I a) {
+    F f;
+    std::memcpy(&f, &a, sizeof f);
+    return f;
+  }
   static F cvt(I a) { return static_cast<float>(static_cast<int32_t>(a)); }
 };
 }  // namespace scalar_impl
@@ -36,27 +43,9 @@ struct V {
 
 namespace slimformer {
 namespace gptq {
-
-void small_m_gemm_scalar(const SmallMArgs& a, int64_t t0, int64_t t1) {
-  scalar_impl::dispatch_bits<scalar_impl::SmallMGemm>(a.w.bits, a, t0, t1);
+const CpuKernels& cpu_kernels_scalar() {
+  static const CpuKernels k = scalar_impl::kernels();
+  return k;
 }
-void dequant_tiles_scalar(const DequantArgs& a, int64_t t0, int64_t t1) {
-  scalar_impl::dispatch_bits<scalar_impl::DequantTiles>(a.w.bits, a, t0, t1);
-}
-
-void prescale_activation_row(const float* x, int64_t K, int64_t bits, int64_t group_size, float* xs, float* xsum) {
-  const int uv = unit_values(static_cast<int>(bits));
-  float factor[32];
-  for (int r = 0; r < uv; ++r) factor[r] = std::ldexp(1.0f, -value_prescale_shift(static_cast<int>(bits), r));
-  for (int64_t k = 0; k < K; ++k) xs[k] = x[k] * factor[k % uv];
-  const int64_t groups = (K + group_size - 1) / group_size;
-  for (int64_t g = 0; g < groups; ++g) {
-    double s = 0.0;  // double: the group sum multiplies the zero point, keep it exact enough for any K
-    const int64_t k1 = (g + 1) * group_size < K ? (g + 1) * group_size : K;
-    for (int64_t k = g * group_size; k < k1; ++k) s += x[k];
-    xsum[g] = static_cast<float>(s);
-  }
-}
-
 }  // namespace gptq
 }  // namespace slimformer

@@ -44,6 +44,30 @@ SF_HD constexpr int value_prescale_shift(int bits, int r) {
   return value_extracted_in_place(bits, r) ? value_shift(bits, r) : 0;
 }
 
+// "Mantissa" extraction (the SIMD GEMM kernels): a value whose bits lie inside bits 0..22 of a word, with every
+// other bit cleared by one AND, is the mantissa of a denormal float, q * 2^(shift - 149), so reinterpreting the
+// masked word as float needs no int->float conversion at all; the activation it multiplies is prescaled by
+// 2^(149 - shift - c) so that the products land at x * q * 2^-c (normal floats; c is chosen per activation row).
+// Values reaching into bits 23..31 are read from the word shifted right once by word_high_shift; values that
+// straddle two words are assembled at bit 0.
+SF_HD constexpr bool value_fits_mantissa(int bits, int r) {
+  return !value_straddles(bits, r) && value_shift(bits, r) + bits <= 23;
+}
+SF_HD constexpr int word_high_shift(int bits, int w) {
+  int sh = 32;
+  for (int r = 0; r < unit_values(bits); ++r)
+    if (value_word(bits, r) == w && !value_straddles(bits, r) && !value_fits_mantissa(bits, r) &&
+        value_shift(bits, r) < sh)
+      sh = value_shift(bits, r);
+  return sh;
+}
+// Bit position of value r inside the word it is reinterpreted from.
+SF_HD constexpr int value_mantissa_shift(int bits, int r) {
+  return value_straddles(bits, r)       ? 0
+         : value_fits_mantissa(bits, r) ? value_shift(bits, r)
+                                        : value_shift(bits, r) - word_high_shift(bits, value_word(bits, r));
+}
+
 // Value r of the packing unit starting at `unit`, where consecutive words of the unit are `word_stride` apart.
 SF_HD uint32_t unpack_value(const uint32_t* unit, int64_t word_stride, int bits, int r) {
   const int w = value_word(bits, r);
