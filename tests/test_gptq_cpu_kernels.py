@@ -21,10 +21,17 @@ def _layer(bits, K, N, gs, act_order, cf):
     return layer, hub
 
 
+@pytest.fixture(params=["fused", "tiled"])
+def m_path(request, monkeypatch):
+    """Forces the fused small-M kernel or the dequantize-tiles + dense GEMM path for every row count."""
+    monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", "100000" if request.param == "fused" else "1")
+    return request.param
+
+
 @pytest.mark.parametrize("bits,K,N,gs", CASES)
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("cf", ["gptq", "gptq_v2"])
-def test_fp32_matches_float64_reference(cpu_isa, bits, K, N, gs, act_order, cf):
+def test_fp32_matches_float64_reference(cpu_isa, m_path, bits, K, N, gs, act_order, cf):
     layer, hub = _layer(bits, K, N, gs, act_order, cf)
     kgs = F.resolve_group_size(gs, K)
     for M in ROWS:
@@ -38,7 +45,7 @@ def test_fp32_matches_float64_reference(cpu_isa, bits, K, N, gs, act_order, cf):
 
 @pytest.mark.parametrize("bits,K,N,gs", [(4, 200, 72, 128), (3, 160, 96, 32), (4, 256, 40, -1)])
 @pytest.mark.parametrize("act_order", [False, True])
-def test_bf16_activations(cpu_isa, bits, K, N, gs, act_order):
+def test_bf16_activations(cpu_isa, m_path, bits, K, N, gs, act_order):
     layer, hub = _layer(bits, K, N, gs, act_order, "gptq")
     kgs = F.resolve_group_size(gs, K)
     for M in (1, 4, 16, 40):

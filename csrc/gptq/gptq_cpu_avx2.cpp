@@ -12,18 +12,6 @@ struct V {
   static constexpr int L = 8;
   static constexpr int MR_MAX = 2;  // 2 rows x 4 column vectors = 8 accumulators of 16 ymm registers
   static constexpr bool kMantissaExtraction = true;
-  // Mantissa extraction feeds denormals to the FMAs: clear MXCSR.DAZ (torch.set_flush_denormal sets it) for the
-  // duration of a kernel call, on whichever thread runs it. FTZ may stay: every product is a normal float.
-  struct FloatEnvironment {
-    unsigned saved;
-    FloatEnvironment() : saved(_mm_getcsr()) {
-      if (saved & kDaz) _mm_setcsr(saved & ~kDaz);
-    }
-    ~FloatEnvironment() {
-      if (saved & kDaz) _mm_setcsr(saved);
-    }
-    static constexpr unsigned kDaz = 0x0040;
-  };
   using F = __m256;
   using I = __m256i;
   static F zero() { return _mm256_setzero_ps(); }

@@ -1,8 +1,8 @@
 // GPTQ CPU kernels, written once against a tiny vector interface `V` and compiled per ISA (scalar, AVX2,
 // AVX-512) the way ATen compiles its native kernels per CPU capability. Each including TU defines SF_ISA_NS and,
 // inside slimformer::gptq::SF_ISA_NS, a struct V:
-//   L (fp32 lanes), MR_MAX (activation rows kept in registers), kMantissaExtraction, FloatEnvironment (RAII
-//   guard around a kernel call), F/I (float/int vectors), as_float (bit cast),
+//   L (fp32 lanes), MR_MAX (activation rows kept in registers), kMantissaExtraction (read integers as denormal
+//   mantissas, x86 SIMD only), F/I (float/int vectors), as_float (bit cast),
 //   zero, set1, load, store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt.
 //
 // Small-M (decode) design. One task is one 32-column tile; its K x 32 packed weights (64 KiB at K=4096, int4)
@@ -20,6 +20,9 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include "gptq_cpu.h"
 #include "gptq_decode.h"
@@ -27,6 +30,24 @@
 namespace slimformer {
 namespace gptq {
 namespace SF_ISA_NS {
+
+// Mantissa extraction feeds denormals to the FMAs, so a kernel call clears MXCSR.DAZ (torch.set_flush_denormal
+// sets it) on whichever thread runs it, and restores it after. FTZ may stay: every product is a normal float.
+struct NoFloatEnvironmentChange {};
+#if defined(__x86_64__) || defined(__i386__)
+struct ClearDenormalsAreZero {
+  static constexpr unsigned kDaz = 0x0040;
+  unsigned saved;
+  ClearDenormalsAreZero() : saved(_mm_getcsr()) {
+    if (saved & kDaz) _mm_setcsr(saved & ~kDaz);
+  }
+  ~ClearDenormalsAreZero() {
+    if (saved & kDaz) _mm_setcsr(saved);
+  }
+};
+#else
+using ClearDenormalsAreZero = NoFloatEnvironmentChange;
+#endif
 
 template <int I, int N, class Fn>
 inline void static_for(Fn&& fn) {
@@ -36,8 +57,21 @@ inline void static_for(Fn&& fn) {
   }
 }
 
-// Value R of the packing unit whose word 0 is at p (words of a unit are one tile row, 32 ints, apart), as float.
-// In-place values come back multiplied by 2^value_prescale_shift(BITS, R).
+// Integer vector of value R when it straddles two words (words of a unit are one tile row, 32 ints, apart),
+// assembled at bit 0.
+template <int BITS, int R>
+inline typename V::I assemble_straddled(const int32_t* p) {
+  constexpr int w = value_word(BITS, R);
+  constexpr int s = value_shift(BITS, R);
+  constexpr int lo_bits = 32 - s;
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  const typename V::I lo = V::template srl<s>(V::loadi(p + w * kTileCols));
+  const typename V::I hi = V::and_(V::loadi(p + (w + 1) * kTileCols), mask >> lo_bits);
+  return V::or_(lo, V::template sll<lo_bits>(hi));
+}
+
+// Value R of the packing unit whose word 0 is at p, converted to float. In-place values come back multiplied by
+// 2^value_prescale_shift(BITS, R).
 template <int BITS, int R>
 inline typename V::F extract(const int32_t* p) {
   constexpr int w = value_word(BITS, R);
@@ -48,10 +82,7 @@ inline typename V::F extract(const int32_t* p) {
   } else if constexpr (!value_straddles(BITS, R)) {
     return V::cvt(V::template srl<s>(V::loadi(p + w * kTileCols)));  // the value ends at bit 31
   } else {
-    constexpr int lo_bits = 32 - s;
-    const typename V::I lo = V::template srl<s>(V::loadi(p + w * kTileCols));
-    const typename V::I hi = V::and_(V::loadi(p + (w + 1) * kTileCols), mask >> lo_bits);
-    return V::cvt(V::or_(lo, V::template sll<lo_bits>(hi)));
+    return V::cvt(assemble_straddled<BITS, R>(p));
   }
 }
 
@@ -67,10 +98,7 @@ inline typename V::F extract_mantissa(const int32_t* p) {
     constexpr int sh = word_high_shift(BITS, w);
     return V::as_float(V::and_(V::template srl<sh>(V::loadi(p + w * kTileCols)), mask << (s - sh)));
   } else {
-    constexpr int lo_bits = 32 - s;
-    const typename V::I lo = V::template srl<s>(V::loadi(p + w * kTileCols));
-    const typename V::I hi = V::and_(V::loadi(p + (w + 1) * kTileCols), mask >> lo_bits);
-    return V::as_float(V::or_(lo, V::template sll<lo_bits>(hi)));
+    return V::as_float(assemble_straddled<BITS, R>(p));
   }
 }
 
@@ -202,7 +230,7 @@ void small_m_rows(const SmallMArgs& a, int64_t t, int64_t m0, int64_t rows) {
 
 template <int BITS>
 void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
-  const typename V::FloatEnvironment env;  // mantissa extraction needs denormal inputs honoured (no DAZ)
+  [[maybe_unused]] std::conditional_t<V::kMantissaExtraction, ClearDenormalsAreZero, NoFloatEnvironmentChange> env;
   for (int64_t t = t0; t < t1; ++t)
     for (int64_t m0 = 0; m0 < a.M; m0 += V::MR_MAX) {
       const int64_t rows = a.M - m0 < V::MR_MAX ? a.M - m0 : V::MR_MAX;

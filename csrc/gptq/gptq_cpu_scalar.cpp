@@ -11,7 +11,6 @@ struct V {
   static constexpr int L = 1;
   static constexpr int MR_MAX = 1;
   static constexpr bool kMantissaExtraction = false;  // portable: convert, do not rely on denormal handling
-  struct FloatEnvironment {};
   using F = float;
   using I = uint32_t;
   static F zero() { return 0.f; }
