@@ -150,6 +150,9 @@ void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, 
   }
 }
 
+// Software prefetch distance into the tile's weight stream.
+constexpr int kPrefetchInts = 2048;  // 8 KiB: best of 2, 4 and 8 KiB on a 2-core Zen 3 EPYC
+
 // Rows [m0, m0 + MR) of the output for column tile t.
 template <int BITS, int MR>
 void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
@@ -182,6 +185,10 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
     for (int64_t u = u0; u < u1; ++u) {
       const int32_t* up = qt + u * UW * kTileCols;
       const int64_t k = u * UV;
+      // The tile is one contiguous stream; ask for it kPrefetchBytes ahead (one 64-byte line per unit row of
+      // 128 bytes would leave half the lines to the hardware prefetcher, so both lines of the row are touched).
+      __builtin_prefetch(up + kPrefetchInts);
+      __builtin_prefetch(up + kPrefetchInts + 16);
       static_for<0, UV>([&](auto rc) {
         constexpr int r = decltype(rc)::value;
         F xb[MR];
