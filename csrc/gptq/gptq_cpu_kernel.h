@@ -185,10 +185,9 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
     for (int64_t u = u0; u < u1; ++u) {
       const int32_t* up = qt + u * UW * kTileCols;
       const int64_t k = u * UV;
-      // The tile is one contiguous stream; ask for it kPrefetchBytes ahead (one 64-byte line per unit row of
-      // 128 bytes would leave half the lines to the hardware prefetcher, so both lines of the row are touched).
-      __builtin_prefetch(up + kPrefetchInts);
-      __builtin_prefetch(up + kPrefetchInts + 16);
+      // The tile is one contiguous stream; request it kPrefetchInts ahead, every 64-byte line of the unit's
+      // UW rows of 128 bytes (the hardware prefetcher alone leaves this loop ~20% short of its speed).
+      for (int line = 0; line < UW * 2; ++line) __builtin_prefetch(up + kPrefetchInts + line * 16);
       static_for<0, UV>([&](auto rc) {
         constexpr int r = decltype(rc)::value;
         F xb[MR];
