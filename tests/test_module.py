@@ -131,3 +131,13 @@ def test_bad_isa_request(monkeypatch):
         monkeypatch.setenv("SLIMFORMER_CPU_ISA", "avx512")
         with pytest.raises(RuntimeError, match="supports at most"):
             layer(torch.randn(1, 64))
+
+
+def test_state_dict_without_g_idx_loads_as_sequential_groups():
+    hub, _, _ = random_hub_layer(128, 64, 4, 32)
+    sd = {k: v for k, v in hub.items() if k != "g_idx"}
+    layer = QuantLinear(128, 64, bits=4, group_size=32)
+    layer.load_state_dict(sd)  # strict: g_idx is optional in older checkpoints
+    ref = QuantLinear.from_gptq(**hub, bits=4, group_size=32)
+    x = torch.randn(3, 128)
+    assert torch.equal(layer(x), ref(x))

@@ -154,6 +154,8 @@ class QuantLinear(nn.Module):
             return
         if prefix + "g_idx" not in state_dict:  # older checkpoints omit g_idx for non-act-order layers
             self.g_idx = fmt.default_g_idx(self.in_features, self.kernel_group_size, self.qzeros.device)
+            if prefix + "g_idx" in missing_keys:
+                missing_keys.remove(prefix + "g_idx")
         try:
             fmt.check_hub_tensors(qweight, self.qzeros, self.scales, self.g_idx, None, bits=self.bits,
                                   group_size=self.kernel_group_size, in_features=self.in_features,
