@@ -14,8 +14,8 @@
 // conversion (which shares the FMA ports and cost ~20% on Zen 3), no zero-point subtraction, no scale multiply.
 // The portable path converts instead (value_extracted_in_place). The affine part of
 // the GPTQ grid is folded in once per group: y += scale * sum(x q) - (scale * zero) * sum(x).
-// NV = 32 / L independent accumulator chains per row hide the FMA latency (4 on AVX2, 2 on AVX-512, where MR up
-// to 4 rows add more chains). All arithmetic is fp32 with fp32 accumulation, so results match the float64
+// Independent accumulator chains hide the FMA latency: NV = 32 / L per row (4 on AVX2, 2 on AVX-512), times MR
+// rows, times 2 (even/odd values) while that product is below 8. All arithmetic is fp32 with fp32 accumulation, so results match the float64
 // reference to ~1e-6 relative.
 #include <cmath>
 #include <cstdint>
