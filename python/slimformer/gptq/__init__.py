@@ -1,5 +1,7 @@
-"""GPTQ int2/3/4/8 weight-only quantization: format (format.py), offline algorithm (algorithm.py), module."""
-from .algorithm import round_to_nearest
-from .module import QuantLinear
+"""GPTQ int2/3/4/8 weight-only quantization: format (format.py), offline algorithm (algorithm.py), the module
+(module.py) and whole-model compression (model.py)."""
+from .algorithm import GPTQResult, HessianAccumulator, gptq, quantization_grid, reconstruction_error, round_to_nearest
+from .module import QuantLinear, quantize_weight
 
-__all__ = ["QuantLinear", "round_to_nearest"]
+__all__ = ["QuantLinear", "quantize_weight", "gptq", "GPTQResult", "HessianAccumulator", "quantization_grid",
+           "reconstruction_error", "round_to_nearest"]

@@ -1,6 +1,18 @@
-"""Offline GPTQ-family quantization. This issue ships round-to-nearest (RTN) on the GPTQ grid; the second-order
-GPTQ algorithm builds on the same grid."""
+"""Offline GPTQ-family quantization: the min/max grid (with an optional MSE shrink search), round-to-nearest,
+the Hessian accumulator and GPTQ itself (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", ICLR 2023).
+
+GPTQ quantizes the columns (input features) of W [out, in] one at a time and spreads each column's rounding
+error over the columns not yet quantized, weighted by the inverse Hessian H^-1 of the layer's reconstruction
+loss ||X W^T - X Q^T||^2 (H = 2 X^T X / n). With U the upper Cholesky factor of H^-1, quantizing column j and
+updating the rest is  err = (w_j - q_j) / U_jj;  W[:, j:] -= err U[j, j:].  Columns go in blocks of block_size:
+inside a block the update is applied column by column, the rest of the matrix gets one GEMM per block
+("lazy batch updates"), which is exact, since later blocks only see the sum of the earlier updates."""
 from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -8,21 +20,7 @@ from ..formats import gptq_format
 from .format import resolve_group_size
 
 
-def quantization_grid(w: torch.Tensor, bits: int, sym: bool):
-    """Per-column scale and zero point for a block of weights w [rows, N] (GPTQ's min/max grid).
-
-    sym: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1); asym: scale = (max - min) / (2^bits - 1),
-    zero = round(-min / scale). Scales are rounded to fp16 here, since that is what the checkpoint stores and
-    the integers must be computed against the stored scale. An all-zero column gets the grid of [-1, 1]."""
-    maxq = (1 << bits) - 1
-    wmin = torch.clamp(w.min(0).values, max=0)
-    wmax = torch.clamp(w.max(0).values, min=0)
-    if sym:
-        wmax = torch.maximum(wmin.abs(), wmax)
-        wmin = torch.where(wmin < 0, -wmax, wmin)
-    dead = (wmin == 0) & (wmax == 0)
-    wmin = torch.where(dead, -torch.ones_like(wmin), wmin)
-    wmax = torch.where(dead, torch.ones_like(wmax), wmax)
+def _grid_from_range(wmin: torch.Tensor, wmax: torch.Tensor, maxq: int, sym: bool):
     scale = ((wmax - wmin) / maxq).to(torch.float16).to(torch.float32)
     scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(torch.float16).tiny), scale)
     if sym:
@@ -32,7 +30,47 @@ def quantization_grid(w: torch.Tensor, bits: int, sym: bool):
     return scale, zero
 
 
-def round_to_nearest(weight: torch.Tensor, bits: int = 4, group_size: int = 128, sym: bool = True):
+def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integers clamp(round(w / scale) + zero, 0, maxq) (float tensor); scale/zero broadcast against w."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def quantization_grid(w: torch.Tensor, bits: int, sym: bool, *, mse: bool = False, norm: float = 2.4,
+                      grid: int = 100, max_shrink: float = 0.8):
+    """Per-column scale and zero point for a block of weights w [rows, N] (GPTQ's min/max grid).
+
+    sym: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1); asym: scale = (max - min) / (2^bits - 1),
+    zero = round(-min / scale). Scales are rounded to fp16 here, since that is what the checkpoint stores and
+    the integers must be computed against the stored scale. An all-zero column gets the grid of [-1, 1].
+
+    mse=True also tries the range shrunk by p = 1 - i/grid for i < max_shrink * grid and keeps, per column, the
+    grid with the smallest sum |w - dequant(w)|^norm (GPTQ's optional search; norm 2.4 as published)."""
+    maxq = (1 << bits) - 1
+    w = w.to(torch.float32)
+    wmin = torch.clamp(w.min(0).values, max=0)
+    wmax = torch.clamp(w.max(0).values, min=0)
+    if sym:
+        wmax = torch.maximum(wmin.abs(), wmax)
+        wmin = torch.where(wmin < 0, -wmax, wmin)
+    dead = (wmin == 0) & (wmax == 0)
+    wmin = torch.where(dead, -torch.ones_like(wmin), wmin)
+    wmax = torch.where(dead, torch.ones_like(wmax), wmax)
+    scale, zero = _grid_from_range(wmin, wmax, maxq, sym)
+    if mse:
+        best = torch.full_like(scale, math.inf)
+        for i in range(int(max_shrink * grid)):
+            p = 1.0 - i / grid
+            s, z = _grid_from_range(p * wmin, p * wmax, maxq, sym)
+            err = ((quantize_to_grid(w, s, z, maxq) - z) * s - w).abs_().pow_(norm).sum(0)
+            better = err < best
+            best = torch.where(better, err, best)
+            scale = torch.where(better, s, scale)
+            zero = torch.where(better, z, zero)
+    return scale, zero
+
+
+def round_to_nearest(weight: torch.Tensor, bits: int = 4, group_size: int = 128, sym: bool = True, *,
+                     mse: bool = False):
     """RTN quantization of a linear weight [N, K] (nn.Linear layout).
 
     Returns q int32 [K, N], scales fp16 [G, N], zeros int32 [G, N] (true zero points)."""
@@ -51,8 +89,191 @@ def round_to_nearest(weight: torch.Tensor, bits: int = 4, group_size: int = 128,
     zeros = torch.empty(G, N, dtype=torch.int32, device=weight.device)
     for g in range(G):
         block = wt[g * gs:(g + 1) * gs]
-        scale, zero = quantization_grid(block, bits, sym)
-        q[g * gs:(g + 1) * gs] = torch.clamp(torch.round(block / scale) + zero, 0, maxq).to(torch.int32)
+        scale, zero = quantization_grid(block, bits, sym, mse=mse)
+        q[g * gs:(g + 1) * gs] = quantize_to_grid(block, scale, zero, maxq).to(torch.int32)
         scales[g] = scale.to(torch.float16)
         zeros[g] = zero.to(torch.int32)
     return q, scales, zeros
+
+
+# --------------------------------------------------------------------------------------------------- GPTQ
+class HessianAccumulator:
+    """Running H = 2/n sum_t x_t x_t^T over the n input rows (tokens) a linear layer has seen, in fp32.
+
+    add(x) takes the layer input [..., in_features] in any float dtype."""
+
+    def __init__(self, in_features: int, device=None):
+        self.in_features = in_features
+        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"layer input has {x.shape[-1]} features, expected {self.in_features}")
+        x = x.detach().reshape(-1, self.in_features).to(self.hessian.device, torch.float32)
+        n = x.shape[0]
+        if n == 0:
+            return
+        total = self.rows + n
+        self.hessian.mul_(self.rows / total)
+        self.hessian.addmm_(x.t(), x, alpha=2.0 / total)
+        self.rows = total
+
+
+@dataclass
+class GPTQResult:
+    """Integers and grid of one quantized layer (Hub conventions) plus what the quantization cost."""
+    q: torch.Tensor  # int32 [in, out]
+    scales: torch.Tensor  # fp16 [groups, out]
+    zeros: torch.Tensor  # int32 [groups, out], true zero points
+    g_idx: torch.Tensor  # int32 [in]
+    bits: int
+    group_size: int
+    sym: bool
+    act_order: bool
+    error: float  # relative reconstruction error tr(E H E^T) / tr(W H W^T) under the undamped Hessian
+    damp: float  # the damping actually used (raised when the Cholesky needed it)
+
+    def dequantize(self) -> torch.Tensor:
+        """The quantized weight [out, in] in float32."""
+        s = self.scales.to(torch.float32)[self.g_idx.long()]
+        z = self.zeros.to(torch.float32)[self.g_idx.long()]
+        return ((self.q.to(torch.float32) - z) * s).t()
+
+
+def _check_weight_and_hessian(weight: torch.Tensor, hessian: torch.Tensor):
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D floating-point tensor [out_features, in_features], got "
+                         f"{getattr(weight, 'dtype', type(weight))} of shape {tuple(getattr(weight, 'shape', ()))}")
+    K = weight.shape[1]
+    if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (K, K) or not hessian.is_floating_point():
+        raise ValueError(f"hessian must be a floating-point [{K}, {K}] tensor (in_features of the weight), got "
+                         f"{getattr(hessian, 'dtype', type(hessian))} of shape "
+                         f"{tuple(getattr(hessian, 'shape', ()))}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or Inf")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("hessian contains NaN or Inf (did the calibration activations overflow?)")
+
+
+def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, *, max_tries: int = 6):
+    """Upper Cholesky factor U of (H + lambda I)^-1, lambda = damp * mean(diag H), computed in fp64.
+
+    When H + lambda I is not numerically positive definite, damp is raised tenfold (with a warning) up to
+    max_tries times. Returns (U fp32, damp used)."""
+    if damp < 0:
+        raise ValueError(f"damp must be >= 0, got {damp}")
+    H = hessian.to(torch.float64)
+    mean_diag = H.diagonal().mean()
+    idx = torch.arange(H.shape[0], device=H.device)
+    tried = damp
+    for attempt in range(max_tries):
+        Hd = H.clone()
+        Hd[idx, idx] += tried * mean_diag
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                if attempt:
+                    warnings.warn(f"GPTQ: the Hessian was not positive definite with damp={damp}; succeeded "
+                                  f"with damp={tried:g}", RuntimeWarning, stacklevel=3)
+                return U.to(torch.float32), tried
+        tried = max(tried * 10, 1e-4)
+    raise RuntimeError(f"GPTQ: Cholesky of the damped Hessian failed even with damp={tried / 10:g}; the "
+                       "calibration data is probably degenerate (too few tokens or constant inputs)")
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = True,
+         act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
+         mse: bool = False) -> GPTQResult:
+    """GPTQ on weight [out, in] with the layer's Hessian [in, in]; returns the integers and grid (see
+    quantize_weight for the module).
+
+    Dead inputs (H_jj = 0) get weight 0 and H_jj = 1. act_order visits columns by descending H_jj; its groups
+    are either dynamic (consecutive in visiting order: g_idx is then non-monotonic) or, with static_groups,
+    fixed on the original column order before anything is quantized (g_idx stays monotonic, so no activation
+    permutation is needed at run time). A group's grid is computed when its first column is reached, from the
+    weights as updated so far."""
+    gptq_format(bits)
+    _check_weight_and_hessian(weight, hessian)
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    N, K = weight.shape
+    gs = resolve_group_size(group_size, K)
+    maxq = (1 << bits) - 1
+    W = weight.detach().to(torch.float32).clone()
+    H = hessian.detach().to(torch.float32, copy=True).to(W.device)
+    diag = H.diagonal()
+    dead = diag == 0
+    diag[dead] = 1.0
+    W[:, dead] = 0.0
+    W0, H0 = W.clone(), H.clone()
+
+    groups = -(-K // gs)
+    static = None
+    if static_groups or gs >= K:  # per-channel is one static group
+        static = [quantization_grid(W[:, g * gs:(g + 1) * gs].t(), bits, sym, mse=mse) for g in range(groups)]
+    perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else None
+    if perm is not None:
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    U, used_damp = inverse_hessian_cholesky(H, damp)
+    del H
+
+    Q = torch.empty_like(W)
+    grids: list = [None] * groups
+    scale = zero = None
+    for i1 in range(0, K, block_size):
+        i2 = min(i1 + block_size, K)
+        W1 = W[:, i1:i2].clone()
+        U1 = U[i1:i2, i1:i2]
+        Err1 = torch.empty_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if static is not None:
+                src = int(perm[col]) if perm is not None else col
+                scale, zero = static[src // gs]
+            elif col % gs == 0:
+                ahead = torch.cat([W1[:, i:i + gs], W[:, i2:col + gs]], dim=1)  # this group, updated so far
+                scale, zero = quantization_grid(ahead.t(), bits, sym, mse=mse)
+                grids[col // gs] = (scale, zero)
+            w = W1[:, i]
+            q = quantize_to_grid(w, scale, zero, maxq)
+            Q[:, col] = q
+            err = (w - (q - zero) * scale) / U1[i, i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
+            Err1[:, i] = err
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
+
+    if static is not None:
+        grids = static
+        g_idx = torch.arange(K, device=W.device, dtype=torch.int32) // gs
+    else:
+        g_idx = torch.empty(K, dtype=torch.int32, device=W.device)
+        order = torch.arange(K, device=W.device, dtype=torch.int32) // gs
+        if perm is not None:
+            g_idx[perm] = order
+        else:
+            g_idx = order
+    if perm is not None:
+        Qo = torch.empty_like(Q)
+        Qo[:, perm] = Q
+        Q = Qo
+    scales = torch.stack([g[0] for g in grids]).to(torch.float16)
+    zeros = torch.stack([g[1] for g in grids]).to(torch.int32)
+    result = GPTQResult(q=Q.t().contiguous().to(torch.int32), scales=scales, zeros=zeros, g_idx=g_idx, bits=bits,
+                        group_size=group_size, sym=sym, act_order=act_order, error=0.0, damp=used_damp)
+    result.error = reconstruction_error(W0, result.dequantize(), H0)
+    return result
+
+
+def reconstruction_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
+    """Relative layer-output error tr(E H E^T) / tr(W H W^T), E = W - Wq: ||X W^T - X Wq^T||^2 / ||X W^T||^2 on the
+    calibration inputs X the Hessian was built from."""
+    W = weight.to(torch.float64)
+    E = W - quantized.to(torch.float64)
+    H = hessian.to(torch.float64)
+    num = ((E @ H) * E).sum()
+    den = ((W @ H) * W).sum()
+    return float(num / den) if den > 0 else float(num)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..hf.swap import is_linear_like, linear_weight
 from ..formats import gptq_format
 from . import format as fmt
-from .algorithm import round_to_nearest
+from .algorithm import GPTQResult, gptq, round_to_nearest
 
 
 class QuantLinear(nn.Module):
@@ -61,20 +62,33 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Module, bits: int = 4, group_size: int = 128, sym: bool = True,
                     checkpoint_format: str = "gptq") -> "QuantLinear":
-        """Round-to-nearest quantization of an nn.Linear (weight [out, in])."""
-        weight = getattr(linear, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise TypeError(f"from_linear expects an nn.Linear-like module with a 2-D weight, got "
-                            f"{type(linear).__name__}")
-        N, K = weight.shape
+        """Round-to-nearest quantization of an nn.Linear (weight [out, in]) or a transformers Conv1D."""
+        if not is_linear_like(linear):
+            raise TypeError(f"from_linear expects an nn.Linear or transformers Conv1D, got {type(linear).__name__}")
+        weight = linear_weight(linear)
         q, scales, zeros = round_to_nearest(weight, bits, group_size, sym)
-        if checkpoint_format == "gptq" and not sym and int(zeros.min()) < 1:
-            checkpoint_format = "gptq_v2"  # v1 cannot store a zero point of 0
-        layer = cls(K, N, bits, group_size, bias=getattr(linear, "bias", None) is not None, sym=sym,
-                    checkpoint_format=checkpoint_format, device=weight.device)
-        bias = linear.bias.detach().to(torch.float16) if layer.bias is not None else None
+        bias = getattr(linear, "bias", None)
+        return cls.from_int(q, scales, zeros, None, bias, bits=bits, group_size=group_size, sym=sym,
+                            checkpoint_format=checkpoint_format)
+
+    @classmethod
+    def from_int(cls, q, scales, zeros, g_idx=None, bias=None, *, bits: int, group_size: int, sym: bool = True,
+                 checkpoint_format: str = "gptq") -> "QuantLinear":
+        """From unpacked integers q [in, out], fp16 scales [G, out], true zero points [G, out] and g_idx [in].
+
+        A v1 ("gptq") checkpoint cannot store a zero point of 0 (it stores zero - 1); such a layer is kept as
+        "gptq_v2"."""
+        gptq_format(bits)
+        if q.dim() != 2:
+            raise ValueError(f"q must be 2-D [in_features, out_features], got shape {tuple(q.shape)}")
+        K, N = q.shape
+        if checkpoint_format == "gptq" and zeros.numel() and int(zeros.min()) < 1:
+            checkpoint_format = "gptq_v2"
+        layer = cls(K, N, bits, group_size, bias=bias is not None, sym=sym, checkpoint_format=checkpoint_format,
+                    device=q.device)
+        bias = bias.detach().to(torch.float16) if bias is not None else None
         layer._set_hub(fmt.pack_rows(q, bits), fmt.qzeros_from_zeros(zeros, bits, checkpoint_format), scales,
-                       None, bias)
+                       g_idx, bias)
         return layer
 
     @classmethod
@@ -169,3 +183,18 @@ class QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {gs}, "
                 f"sym={self.sym}, act_order={self.perm is not None}, bias={self.bias is not None}, "
                 f"checkpoint_format={self.checkpoint_format!r}")
+
+
+def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128,
+                    sym: bool = True, act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
+                    block_size: int = 128, mse: bool = False, checkpoint_format: str = "gptq",
+                    return_result: bool = False):
+    """GPTQ-quantizes weight [out, in] (nn.Linear layout) against the layer's Hessian [in, in] (2/n X^T X of its
+    calibration inputs, see HessianAccumulator) into a QuantLinear without bias.
+
+    return_result=True returns (layer, GPTQResult), whose .error is the relative reconstruction error."""
+    result: GPTQResult = gptq(weight, hessian, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
+                              static_groups=static_groups, damp=damp, block_size=block_size, mse=mse)
+    layer = QuantLinear.from_int(result.q, result.scales, result.zeros, result.g_idx, None, bits=bits,
+                                 group_size=group_size, sym=sym, checkpoint_format=checkpoint_format)
+    return (layer, result) if return_result else layer

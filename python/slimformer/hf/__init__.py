@@ -1,4 +1,4 @@
 """Hugging Face glue: swap slimformer modules into a model."""
-from .swap import replace_linear
+from .swap import is_linear_like, linear_weight, replace_linear
 
-__all__ = ["replace_linear"]
+__all__ = ["replace_linear", "is_linear_like", "linear_weight"]

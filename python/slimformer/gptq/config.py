@@ -1,0 +1,74 @@
+"""GPTQConfig: how a model is quantized and how its checkpoint describes itself.
+
+Field names follow transformers' GPTQConfig where the two overlap (bits, group_size, desc_act, sym, damp_percent,
+true_sequential, static_groups, checkpoint_format, modules_to_not_convert, block_name_to_quantize,
+model_seqlen), so a config.json written by us reads as an ordinary GPTQ checkpoint elsewhere."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..formats import gptq_format
+from .format import CHECKPOINT_FORMATS
+
+METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class GPTQConfig:
+    bits: int = 4
+    group_size: int = 128
+    desc_act: bool = False  # act-order: quantize columns by descending Hessian diagonal
+    sym: bool = True
+    damp_percent: float = 0.01
+    true_sequential: bool = True  # inside a block, quantize layer groups in execution order
+    static_groups: bool = False  # with desc_act: groups fixed before quantizing (monotonic g_idx)
+    method: str = "gptq"  # "gptq" or "rtn" (round-to-nearest, no calibration needed)
+    modules_to_not_convert: list[str] | None = None  # fnmatch patterns of module names kept dense
+    block_name_to_quantize: str | None = None  # e.g. "model.layers"; found automatically when None
+    lm_head: bool = False  # also quantize the output projection
+    mse: bool = False  # MSE shrink search for each group's grid
+    block_size: int = 128  # GPTQ lazy-update block (columns)
+    model_seqlen: int | None = None  # calibration texts are truncated to this many tokens
+    checkpoint_format: str = "gptq"  # "gptq" (v1 zero points) or "gptq_v2"
+    quant_method: str = field(default="gptq", init=False)
+
+    def __post_init__(self):
+        gptq_format(self.bits)  # raises a clear error for unsupported widths
+        if not (self.group_size == -1 or (isinstance(self.group_size, int) and self.group_size > 0)):
+            raise ValueError(f"group_size must be a positive int or -1 (per-channel), got {self.group_size!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {self.checkpoint_format!r}")
+        if not 0 <= self.damp_percent < 1:
+            raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent}")
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.model_seqlen is not None and self.model_seqlen <= 0:
+            raise ValueError(f"model_seqlen must be positive, got {self.model_seqlen}")
+        if isinstance(self.modules_to_not_convert, str):
+            self.modules_to_not_convert = [self.modules_to_not_convert]
+
+    def to_dict(self) -> dict:
+        """The quantization_config block of config.json (GPTQ keys other loaders read, plus ours)."""
+        from .. import __version__
+        d = asdict(self)
+        d["quant_method"] = "gptq"
+        d["meta"] = {"quantizer": [f"slimformer:{__version__}"]}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTQConfig":
+        """From a checkpoint's quantization_config (ours, AutoGPTQ's, GPTQModel's or transformers'); unknown keys
+        are ignored."""
+        method = d.get("quant_method", "gptq")
+        if str(method).lower() != "gptq":
+            raise ValueError(f"quantization_config has quant_method={method!r}; slimformer loads 'gptq' checkpoints")
+        names = {f.name for f in fields(cls) if f.init}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if "checkpoint_format" not in d and isinstance(d.get("meta"), dict):
+            # GPTQModel records the format there; default is v1 ("gptq")
+            fmt = d["meta"].get("checkpoint_format")
+            if fmt:
+                kwargs["checkpoint_format"] = fmt
+        return cls(**kwargs)
