@@ -1,25 +1,168 @@
-"""slimformer command line. `slimformer info` reports the build and the CPU paths the kernels will take."""
+"""slimformer command line.
+
+  slimformer info                                   the build, the CPU features and the kernel path in use
+  slimformer quantize MODEL_DIR OUT_DIR --bits 4 --group-size 128 [--desc-act] --calib FILE.txt
+  slimformer eval MODEL_DIR --text FILE.txt [--reference DENSE_DIR]
+  slimformer bench MODEL_DIR [--reference DENSE_DIR]
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+
+class CliError(Exception):
+    pass
+
+
+def _info(args):
+    import torch
+
+    import slimformer
+    from slimformer import ops
+    print(f"slimformer {slimformer.__version__}, torch {torch.__version__}")
+    print(f"native extension: {'yes' if ops.HAS_NATIVE else 'no'}")
+    print(f"cpu: {ops.cpu_features()}; active path: {ops.cpu_isa()}")
+    print(f"cuda: {'available' if torch.cuda.is_available() else 'not available'}")
+    print("formats: " + ", ".join(sorted(slimformer.FORMATS)))
+
+
+def _quantize(args):
+    import slimformer
+    from slimformer import evaluate as ev
+
+    config = slimformer.GPTQConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act,
+                                   sym=not args.asym, damp_percent=args.damp, static_groups=args.static_groups,
+                                   true_sequential=not args.no_true_sequential, method=args.method,
+                                   lm_head=args.lm_head, mse=args.mse, checkpoint_format=args.checkpoint_format,
+                                   modules_to_not_convert=args.skip or None)
+    model, tokenizer = ev.load_model(args.model_dir)
+    calib = None
+    if config.method == "gptq":
+        if args.calib is None:
+            raise CliError("--calib FILE.txt is required for GPTQ (or use --method rtn)")
+        if tokenizer is None:
+            raise CliError(f"{args.model_dir} has no tokenizer files to tokenize the calibration text with")
+        seqlen = min(args.seqlen, getattr(model.config, "max_position_embeddings", args.seqlen))
+        ids = ev.token_ids(tokenizer, ev.read_text(args.calib))
+        calib = ev.calibration_windows(ids, args.nsamples, seqlen, seed=args.seed)
+        print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} ({ids.numel()} tokens)")
+    model, report = slimformer.quantize(model, config, calib, device=args.device, return_report=True)
+    slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
+    rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
+             "seconds": r.seconds} for r in report]
+    print(ev.markdown_table(rows, ["layer", "in", "out", "rel. error", "seconds"]))
+    print(f"saved {len(report)} quantized layers to {args.out_dir}")
+
+
+def _eval(args):
+    from slimformer import evaluate as ev
+
+    model, tokenizer = ev.load_model(args.model_dir)
+    if tokenizer is None:
+        raise CliError(f"{args.model_dir} has no tokenizer files")
+    text = ev.read_text(args.text)
+    result = {"model": str(args.model_dir)}
+    if ev.is_causal_lm(model.config):
+        seqlen = min(args.seqlen, getattr(model.config, "max_position_embeddings", args.seqlen))
+        ids = ev.token_ids(tokenizer, text)
+        if args.max_tokens:
+            ids = ids[:args.max_tokens]
+        result.update(perplexity=ev.perplexity(model, ids, seqlen), tokens=int(ids.numel()), seqlen=seqlen)
+    else:
+        if args.reference is None:
+            raise CliError("encoders are evaluated by embedding fidelity: pass --reference DENSE_MODEL_DIR")
+        reference, _ = ev.load_model(args.reference)
+        sents = ev.sentences(text)[: args.max_sentences]
+        if not sents:
+            raise CliError(f"no sentences of 5-60 words found in {args.text}")
+        result.update(ev.embedding_fidelity(model, reference, tokenizer, sents, progress=True))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _bench(args):
+    import torch
+
+    from slimformer import evaluate as ev
+
+    models = [("compressed" if ev.is_quantized_checkpoint(args.model_dir) else "model", args.model_dir)]
+    if args.reference:
+        models.insert(0, ("dense", args.reference))
+    rows = []
+    for label, path in models:
+        model, _ = ev.load_model(path)
+        vocab = getattr(model.config, "vocab_size", 1000)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (args.batch, args.seqlen), generator=g)
+        row = {"model": label, "path": str(path)}
+        prefill = ev.time_forward(model, {"input_ids": ids})
+        row["sequences/s"] = args.batch / prefill
+        if ev.is_causal_lm(model.config):
+            row["decode tokens/s"] = 1.0 / ev.time_decode(model, ids[:1, :16], args.new_tokens)
+        rows.append(row)
+        print(f"{label}: {row}", file=sys.stderr)
+    if len(rows) == 2:
+        for key in ("sequences/s", "decode tokens/s"):
+            if key in rows[0]:
+                rows[1][f"{key} speedup"] = rows[1][key] / rows[0][key]
+    cols = [c for c in ("model", "sequences/s", "sequences/s speedup", "decode tokens/s", "decode tokens/s speedup")
+            if any(c in r for r in rows)]
+    print(f"batch {args.batch} x {args.seqlen} tokens, torch threads {torch.get_num_threads()}")
+    print(ev.markdown_table(rows, cols))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slimformer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="slimformer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the build, the CPU features and the kernel path in use")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        import torch
 
-        import slimformer
-        from slimformer import ops
-        print(f"slimformer {slimformer.__version__}, torch {torch.__version__}")
-        print(f"native extension: {'yes' if ops.HAS_NATIVE else 'no'}")
-        print(f"cpu: {ops.cpu_features()}; active path: {ops.cpu_isa()}")
-        print(f"cuda: {'available' if torch.cuda.is_available() else 'not available'}")
-        print("formats: " + ", ".join(sorted(slimformer.FORMATS)))
+    q = sub.add_parser("quantize", help="GPTQ/RTN-quantize a Hugging Face model directory into a GPTQ checkpoint")
+    q.add_argument("model_dir", type=Path)
+    q.add_argument("out_dir", type=Path)
+    q.add_argument("--bits", type=int, default=4)
+    q.add_argument("--group-size", type=int, default=128, help="-1 for per-channel")
+    q.add_argument("--desc-act", action="store_true", help="act-order: columns by descending Hessian diagonal")
+    q.add_argument("--static-groups", action="store_true")
+    q.add_argument("--asym", action="store_true", help="asymmetric grid (default symmetric)")
+    q.add_argument("--method", choices=["gptq", "rtn"], default="gptq")
+    q.add_argument("--calib", type=Path, help="calibration text file (UTF-8)")
+    q.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--damp", type=float, default=0.01)
+    q.add_argument("--mse", action="store_true", help="MSE shrink search for each group's grid")
+    q.add_argument("--no-true-sequential", action="store_true")
+    q.add_argument("--lm-head", action="store_true", help="also quantize the output projection")
+    q.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")
+    q.add_argument("--checkpoint-format", choices=["gptq", "gptq_v2"], default="gptq")
+    q.add_argument("--device", default=None, help="where blocks are processed (e.g. cuda); default: cpu")
+
+    e = sub.add_parser("eval", help="perplexity (causal LMs) or embedding fidelity to a reference (encoders)")
+    e.add_argument("model_dir", type=Path)
+    e.add_argument("--text", type=Path, required=True)
+    e.add_argument("--reference", type=Path, help="dense model directory (encoders)")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-tokens", type=int, default=None)
+    e.add_argument("--max-sentences", type=int, default=1000)
+
+    b = sub.add_parser("bench", help="forward throughput (and decode tokens/s for LMs), dense vs compressed")
+    b.add_argument("model_dir", type=Path)
+    b.add_argument("--reference", type=Path, help="dense model directory to compare with")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--seqlen", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=32)
+
+    args = parser.parse_args(argv)
+    try:
+        {"info": _info, "quantize": _quantize, "eval": _eval, "bench": _bench}[args.command](args)
+    except (CliError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"slimformer {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

