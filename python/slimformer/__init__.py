@@ -12,5 +12,12 @@ from .checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .hf import replace_linear
 
 __version__ = "0.1.0"
+
+try:  # register GPTQConfig as a transformers quantization method ("slimformer")
+    from .hf.integration import register as _register_with_transformers
+except ImportError:  # transformers missing: kernels and modules still work
+    pass
+else:
+    _register_with_transformers()
 __all__ = ["QuantLinear", "quantize_weight", "GPTQConfig", "quantize", "save_pretrained", "load_pretrained",
            "CheckpointError", "replace_linear", "ops", "FORMATS", "WeightFormat", "get_format", "__version__"]

@@ -5,16 +5,23 @@ true_sequential, static_groups, checkpoint_format, modules_to_not_convert, block
 model_seqlen), so a config.json written by us reads as an ordinary GPTQ checkpoint elsewhere."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..formats import gptq_format
 from .format import CHECKPOINT_FORMATS
 
 METHODS = ("gptq", "rtn")
+NOT_SAVED = ("dataset", "tokenizer", "quant_method")
+
+try:  # with transformers, GPTQConfig is also a transformers quantization config (see slimformer.hf.integration)
+    from transformers.utils.quantization_config import QuantizationConfigMixin as _Base
+except ImportError:  # pragma: no cover - transformers is a dependency of every HF feature, not of the kernels
+    _Base = object
 
 
 @dataclass
-class GPTQConfig:
+class GPTQConfig(_Base):
     bits: int = 4
     group_size: int = 128
     desc_act: bool = False  # act-order: quantize columns by descending Hessian diagonal
@@ -30,7 +37,11 @@ class GPTQConfig:
     block_size: int = 128  # GPTQ lazy-update block (columns)
     model_seqlen: int | None = None  # calibration texts are truncated to this many tokens
     checkpoint_format: str = "gptq"  # "gptq" (v1 zero points) or "gptq_v2"
-    quant_method: str = field(default="gptq", init=False)
+    # calibration for AutoModel*.from_pretrained(..., quantization_config=GPTQConfig(dataset=[...], tokenizer=tok))
+    dataset: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+    # routes transformers' from_pretrained to our quantizer; checkpoints say "gptq" (see to_dict)
+    quant_method: str = field(default="slimformer", init=False)
 
     def __post_init__(self):
         gptq_format(self.bits)  # raises a clear error for unsupported widths
@@ -52,23 +63,27 @@ class GPTQConfig:
     def to_dict(self) -> dict:
         """The quantization_config block of config.json (GPTQ keys other loaders read, plus ours)."""
         from .. import __version__
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_SAVED}
+        if d["modules_to_not_convert"] is not None:
+            d["modules_to_not_convert"] = list(d["modules_to_not_convert"])
         d["quant_method"] = "gptq"
         d["meta"] = {"quantizer": [f"slimformer:{__version__}"]}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTQConfig":
+    def from_dict(cls, d: dict, return_unused_kwargs: bool = False, **kwargs) -> "GPTQConfig":
         """From a checkpoint's quantization_config (ours, AutoGPTQ's, GPTQModel's or transformers'); unknown keys
         are ignored."""
         method = d.get("quant_method", "gptq")
-        if str(method).lower() != "gptq":
+        if str(method).lower() not in ("gptq", "slimformer"):
             raise ValueError(f"quantization_config has quant_method={method!r}; slimformer loads 'gptq' checkpoints")
-        names = {f.name for f in fields(cls) if f.init}
-        kwargs = {k: v for k, v in d.items() if k in names}
+        names = {f.name for f in fields(cls) if f.init and f.name not in NOT_SAVED}
+        params = {k: v for k, v in d.items() if k in names}
+        params.update({k: kwargs.pop(k) for k in list(kwargs) if k in names})
         if "checkpoint_format" not in d and isinstance(d.get("meta"), dict):
             # GPTQModel records the format there; default is v1 ("gptq")
             fmt = d["meta"].get("checkpoint_format")
             if fmt:
-                kwargs["checkpoint_format"] = fmt
-        return cls(**kwargs)
+                params["checkpoint_format"] = fmt
+        config = cls(**params)
+        return (config, kwargs) if return_unused_kwargs else config
