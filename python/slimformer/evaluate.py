@@ -160,7 +160,9 @@ def time_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> floa
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}"
+        return str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
