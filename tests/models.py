@@ -12,18 +12,14 @@ def _silence(cfg):
 
 def tiny(arch: str, layers: int = 2, hidden: int = 128, **kw):
     inter = kw.pop("intermediate", 2 * hidden)
-    if arch == "llama":
-        cfg = T.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                            num_attention_heads=4, num_key_value_heads=2, **kw)
-        model = T.LlamaForCausalLM(_silence(cfg))
-    elif arch == "mistral":
-        cfg = T.MistralConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, **kw)
-        model = T.MistralForCausalLM(_silence(cfg))
-    elif arch == "qwen2":
-        cfg = T.Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                            num_attention_heads=4, num_key_value_heads=2, **kw)
-        model = T.Qwen2ForCausalLM(_silence(cfg))
+    llama_like = {"llama": (T.LlamaConfig, T.LlamaForCausalLM, {}),
+                  "mistral": (T.MistralConfig, T.MistralForCausalLM, {"head_dim": hidden // 4}),
+                  "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, {})}
+    if arch in llama_like:
+        config_cls, model_cls, extra = llama_like[arch]
+        cfg = config_cls(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, **extra, **kw)
+        model = model_cls(_silence(cfg))
     elif arch == "opt":
         cfg = T.OPTConfig(vocab_size=VOCAB, hidden_size=hidden, ffn_dim=inter, num_hidden_layers=layers,
                           num_attention_heads=4, word_embed_proj_dim=hidden, **kw)

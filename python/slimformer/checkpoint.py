@@ -275,8 +275,8 @@ def load_pretrained(path, *, dtype: torch.dtype = torch.float32, device="cpu", m
         setattr(model.get_submodule(parent) if parent else model, child, layer)
         layers[name] = layer
 
-    expected = set(model.state_dict().keys()) | {f"{n}.qweight" for n in layers}
-    unexpected = sorted(set(keys) - expected)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # once: qweight is rebuilt per call
+    unexpected = sorted(set(keys) - set(shapes) - {f"{n}.qweight" for n in layers})
     if unexpected:
         raise CheckpointError(f"checkpoint tensors the model does not have (config/weights mismatch): "
                               f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
@@ -292,7 +292,7 @@ def load_pretrained(path, *, dtype: torch.dtype = torch.float32, device="cpu", m
                     pending[owner][leaf] = t
                 else:
                     dense[k] = t.to(dtype) if t.is_floating_point() else t
-        _load_dense(model, dense)
+        _load_dense(model, dense, shapes)
         dense.clear()
         for name in [n for n, got in pending.items() if "qweight" in got and "qzeros" in got and "scales" in got]:
             _load_quant_layer(layers[name], name, pending.pop(name))
@@ -310,17 +310,14 @@ def load_pretrained(path, *, dtype: torch.dtype = torch.float32, device="cpu", m
     return model.to(device)
 
 
-def _load_dense(model: nn.Module, tensors: dict):
+def _load_dense(model: nn.Module, tensors: dict, shapes: dict):
     if not tensors:
         return
-    own = model.state_dict()
     for k, t in tensors.items():
-        ref = own[k]
-        if tuple(ref.shape) != tuple(t.shape):
-            raise CheckpointError(f"{k}: checkpoint has shape {tuple(t.shape)}, the model expects {tuple(ref.shape)} "
+        if shapes[k] != tuple(t.shape):
+            raise CheckpointError(f"{k}: checkpoint has shape {tuple(t.shape)}, the model expects {shapes[k]} "
                                   "(config/weights mismatch)")
-    result = model.load_state_dict(tensors, strict=False, assign=True)
-    del result
+    model.load_state_dict(tensors, strict=False, assign=True)
 
 
 def _load_quant_layer(layer: QuantLinear, name: str, tensors: dict):

@@ -104,7 +104,7 @@ def _quantize_layer(module: nn.Module, hessian: torch.Tensor | None, config: GPT
     layer = QuantLinear.from_int(q, scales, zeros, g_idx, _bias(module), bits=config.bits,
                                  group_size=config.group_size, sym=config.sym,
                                  checkpoint_format=config.checkpoint_format)
-    return layer.to(weight.device), err, damp
+    return layer, err, damp
 
 
 def calibration_batches(calibration_data, tokenizer=None, max_length: int | None = None) -> list[dict]:
@@ -240,18 +240,17 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
     model.eval()
 
     if config.method == "rtn":
+        head = _head_name(model)
         targets = [(n, m) for n, m in model.named_modules() if is_linear_like(m) and not _skip(n, config)
-                   and (config.lm_head or not _is_head(model, n))]
+                   and (config.lm_head or n != head)]
         for name, module in tqdm(targets, desc="RTN", disable=not progress):
             t0 = time.perf_counter()
             layer, err, damp = _quantize_layer(module, None, config)
             _set_module(model, name, layer)
-            w = layer
-            report.append(LayerReport(name, w.in_features, w.out_features, config.bits, err, damp,
+            report.append(LayerReport(name, layer.in_features, layer.out_features, config.bits, err, damp,
                                       time.perf_counter() - t0))
     else:
         batches = calibration_batches(calibration_data, tokenizer, config.model_seqlen)
-        model.to(home)
         inputs = _capture_block_inputs(model, blocks[0], batches, home)
         bar = tqdm(range(len(blocks)), desc=f"GPTQ int{config.bits}", disable=not progress)
         for b in bar:
@@ -306,10 +305,6 @@ def _head_name(model: nn.Module) -> str | None:
         if m is head:
             return n
     return None
-
-
-def _is_head(model: nn.Module, name: str) -> bool:
-    return name == _head_name(model)
 
 
 def _quantize_head(model, batches, config, device):
