@@ -105,7 +105,7 @@ def main(argv=None):
               f"{prefill:>15.1f}{base_prefill / prefill:>8.2f}x")
     print("\nkernel err: logits vs. the dense model holding the same dequantized weights (the kernels' exactness).\n"
           "logit rel err / top-1 agree: vs. the fp32 model; with random weights this is rounding noise on near-flat\n"
-          "logits, not task quality (GPTQ on trained models is issue 3). lm_head, embeddings and norms stay dense.")
+          "logits, not task quality (GPTQ on trained models: the README's GPTQ quality tables). lm_head, embeddings and norms stay dense.")
 
 
 if __name__ == "__main__":
