@@ -184,3 +184,49 @@ def test_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a healthy Hessian takes no retries
         gptq(W, H)
+
+
+def _asymmetric_problem(seed, N=96, K=256, n=2048):
+    """Full-precision inputs X and the inputs Xq a partly quantized model gives the same layer (X plus an error
+    that grows with each channel's scale), as GPTQv2's asymmetric calibration sees them."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, K, generator=g) @ (torch.eye(K) + torch.randn(K, K, generator=g) * 0.2)
+    X[:, :4] *= 6
+    Xq = X + 0.1 * X.std(0) * torch.randn(n, K, generator=g)
+    W = torch.randn(N, K, generator=g) * 0.05
+    acc = HessianAccumulator(K, asymmetric=True)
+    for part in range(4):  # accumulated in pieces, as calibration batches arrive
+        rows = slice(part * n // 4, (part + 1) * n // 4)
+        acc.add(Xq[rows], X[rows])
+    return W, X, Xq, acc
+
+
+def test_asymmetric_accumulator_cross_term():
+    W, X, Xq, acc = _asymmetric_problem(8, K=64, n=256)
+    assert torch.allclose(acc.hessian, 2 / 256 * Xq.t() @ Xq, atol=1e-4)
+    assert torch.allclose(acc.cross, 2 / 256 * (X - Xq).t() @ Xq, atol=1e-4)
+    with pytest.raises(ValueError, match="full-precision input fp is required"):
+        acc.add(Xq)
+    with pytest.raises(ValueError, match="only then"):
+        HessianAccumulator(64).add(Xq, X)
+    with pytest.raises(ValueError, match="rows"):
+        acc.add(Xq[:10], X[:11])
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits", [3, 4])
+def test_asymmetric_calibration_targets_the_full_precision_output(bits, act_order):
+    W, X, Xq, acc = _asymmetric_problem(9)
+    target = X @ W.t()
+
+    def error(r):
+        return (((Xq @ r.dequantize().t() - target) ** 2).sum() / (target ** 2).sum()).item()
+
+    plain = gptq(W, acc.hessian, bits=bits, group_size=128, act_order=act_order)
+    off = gptq(W, acc.hessian, bits=bits, group_size=128, act_order=act_order, asym_cross=acc.cross, asym_alpha=0)
+    assert torch.equal(plain.q, off.q) and torch.equal(plain.scales, off.scales)  # alpha 0 is plain GPTQ
+    errs = [error(gptq(W, acc.hessian, bits=bits, group_size=128, act_order=act_order, asym_cross=acc.cross,
+                       asym_alpha=a)) for a in (0.25, 1.0)]
+    assert errs[0] < error(plain) and errs[1] < errs[0], (error(plain), errs)
+    with pytest.raises(ValueError, match="asym_cross must be"):
+        gptq(W, acc.hessian, asym_cross=acc.cross[:8])

@@ -64,6 +64,30 @@ def test_gptq_beats_rtn_on_model_output(bits):
     assert errs["gptq"] < 0.8 * errs["rtn"], errs
 
 
+def test_asymmetric_calibration():
+    """GPTQv2: the first layer group sees identical full-precision and quantized inputs (so is quantized as by plain
+    GPTQ); later groups differ, and matching the full-precision outputs lowers the held-out output error."""
+    torch.manual_seed(3)
+    dense = _structured_llama()
+    calib, held_out = inputs("llama", 8, seed=1), inputs("llama", 4, seed=2)
+    ref = [output(dense, b) for b in held_out]
+    models, errs = {}, {}
+    for asym in (False, True):
+        model = _structured_llama()
+        model.load_state_dict(dense.state_dict())
+        cfg = GPTQConfig(bits=3, group_size=128, asym_calibration=asym, asym_alpha=0.5)
+        slimformer.quantize(model, cfg, calib, progress=False)
+        models[asym], errs[asym] = model, _logit_error(model, held_out, ref)
+    first = [models[a].model.layers[0].self_attn.q_proj.qweight for a in (False, True)]
+    later = [models[a].model.layers[1].mlp.down_proj.qweight for a in (False, True)]
+    assert torch.equal(*first) and not torch.equal(*later)
+    assert errs[True] < errs[False], errs
+    with pytest.raises(ValueError, match="asym_calibration needs method='gptq'"):
+        GPTQConfig(method="rtn", asym_calibration=True)
+    with pytest.raises(ValueError, match="asym_alpha"):
+        GPTQConfig(asym_alpha=-1)
+
+
 def test_true_sequential_groups_and_options():
     torch.manual_seed(2)
     base = tiny("llama")

@@ -100,23 +100,38 @@ def round_to_nearest(weight: torch.Tensor, bits: int = 4, group_size: int = 128,
 class HessianAccumulator:
     """Running H = 2/n sum_t x_t x_t^T over the n input rows (tokens) a linear layer has seen, in fp32.
 
-    add(x) takes the layer input [..., in_features] in any float dtype."""
+    add(x) takes the layer input [..., in_features] in any float dtype. With asymmetric=True, add(x, fp) also
+    takes the input the full-precision model gives the layer on the same tokens and accumulates the cross term
+    cross = 2/n sum_t (fp_t - x_t) x_t^T that GPTQv2's asymmetric calibration needs (gptq(..., asym_cross=))."""
 
-    def __init__(self, in_features: int, device=None):
+    def __init__(self, in_features: int, device=None, *, asymmetric: bool = False):
         self.in_features = in_features
         self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.cross = torch.zeros_like(self.hessian) if asymmetric else None
         self.rows = 0
 
-    def add(self, x: torch.Tensor):
+    def _rows(self, x: torch.Tensor, what: str) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"layer input has {x.shape[-1]} features, expected {self.in_features}")
-        x = x.detach().reshape(-1, self.in_features).to(self.hessian.device, torch.float32)
+            raise ValueError(f"{what} has {x.shape[-1]} features, expected {self.in_features}")
+        return x.detach().reshape(-1, self.in_features).to(self.hessian.device, torch.float32)
+
+    def add(self, x: torch.Tensor, fp: torch.Tensor | None = None):
+        if (fp is None) != (self.cross is None):
+            raise ValueError("the full-precision input fp is required with asymmetric=True and only then")
+        x = self._rows(x, "layer input")
         n = x.shape[0]
         if n == 0:
             return
         total = self.rows + n
         self.hessian.mul_(self.rows / total)
         self.hessian.addmm_(x.t(), x, alpha=2.0 / total)
+        if fp is not None:
+            dx = self._rows(fp, "full-precision layer input")
+            if dx.shape[0] != n:
+                raise ValueError(f"full-precision input has {dx.shape[0]} rows, the layer input {n}")
+            dx = dx - x
+            self.cross.mul_(self.rows / total)
+            self.cross.addmm_(dx.t(), x, alpha=2.0 / total)
         self.rows = total
 
 
@@ -186,7 +201,7 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, *, max_tries: i
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = True,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
-         mse: bool = False) -> GPTQResult:
+         mse: bool = False, asym_cross: torch.Tensor | None = None, asym_alpha: float = 0.25) -> GPTQResult:
     """GPTQ on weight [out, in] with the layer's Hessian [in, in]; returns the integers and grid (see
     quantize_weight for the module).
 
@@ -194,11 +209,26 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     are either dynamic (consecutive in visiting order: g_idx is then non-monotonic) or, with static_groups,
     fixed on the original column order before anything is quantized (g_idx stays monotonic, so no activation
     permutation is needed at run time). A group's grid is computed when its first column is reached, from the
-    weights as updated so far."""
+    weights as updated so far.
+
+    asym_cross (GPTQv2's asymmetric calibration; Li et al., "GPTQv2: Efficient Finetuning-Free Quantization with
+    Asymmetric Calibration", ICML 2025): the cross term D = 2/n sum_t (x_t - x~_t) x~_t^T between the inputs x the
+    full-precision model gives this layer and the inputs x~ of the model being quantized, from which `hessian`
+    (built from x~) came. The target is then the full-precision output, min ||W x - Q x~||: quantizing column j
+    with value w_j also moves the columns after it by asym_alpha * w_j P[j, j+1:], P = triu(D U^T, 1) U (U the
+    upper Cholesky factor of H^-1), the part of the least-squares correction W D H^-1 that column j passes on
+    to columns not yet quantized. asym_alpha scales that correction (0.25 as published; 0 is plain GPTQ)."""
     gptq_format(bits)
     _check_weight_and_hessian(weight, hessian)
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if asym_cross is not None:
+        K = weight.shape[1]
+        if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):
+            raise ValueError(f"asym_cross must be a [{K}, {K}] tensor like the Hessian, got shape "
+                             f"{tuple(getattr(asym_cross, 'shape', ()))}")
+        if not torch.isfinite(asym_cross).all():
+            raise ValueError("asym_cross contains NaN or Inf")
     N, K = weight.shape
     gs = resolve_group_size(group_size, K)
     maxq = (1 << bits) - 1
@@ -209,6 +239,10 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     diag[dead] = 1.0
     W[:, dead] = 0.0
     W0, H0 = W.clone(), H.clone()
+    D = None
+    if asym_cross is not None and asym_alpha != 0:
+        D = asym_cross.detach().to(torch.float32, copy=True).to(W.device)
+        D[:, dead] = 0.0
 
     groups = -(-K // gs)
     static = None
@@ -218,8 +252,14 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     if perm is not None:
         W = W[:, perm]
         H = H[perm][:, perm]
+        if D is not None:
+            D = D[perm][:, perm]
     U, used_damp = inverse_hessian_cholesky(H, damp)
     del H
+    P = None
+    if D is not None:  # strictly upper triangular, so column j's own update is unchanged
+        P = (D @ U.t()).triu_(1).matmul(U).mul_(asym_alpha)
+        del D
 
     Q = torch.empty_like(W)
     grids: list = [None] * groups
@@ -229,6 +269,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
         W1 = W[:, i1:i2].clone()
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.empty_like(W1)
+        Pre1 = torch.empty_like(W1) if P is not None else None  # each column's value when it was quantized
         for i in range(i2 - i1):
             col = i1 + i
             if static is not None:
@@ -242,9 +283,14 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
             q = quantize_to_grid(w, scale, zero, maxq)
             Q[:, col] = q
             err = (w - (q - zero) * scale) / U1[i, i]
+            if P is not None:
+                Pre1[:, i] = w
+                W1[:, i + 1:].addr_(Pre1[:, i], P[col, col + 1:i2])
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
             Err1[:, i] = err
         W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
+        if P is not None:
+            W[:, i2:].addmm_(Pre1, P[i1:i2, i2:])
 
     if static is not None:
         grids = static

@@ -37,6 +37,10 @@ class GPTQConfig(_Base):
     block_size: int = 128  # GPTQ lazy-update block (columns)
     model_seqlen: int | None = None  # calibration texts are truncated to this many tokens
     checkpoint_format: str = "gptq"  # "gptq" (v1 zero points) or "gptq_v2"
+    # GPTQv2 asymmetric calibration: match each layer to the full-precision model's output, not to its own
+    # output on the (already partly quantized) model's inputs; costs a second forward pass per layer group
+    asym_calibration: bool = False
+    asym_alpha: float = 0.25  # weight of the asymmetry correction (0.25 as published)
     # calibration for AutoModel*.from_pretrained(..., quantization_config=GPTQConfig(dataset=[...], tokenizer=tok))
     dataset: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
@@ -55,6 +59,10 @@ class GPTQConfig(_Base):
             raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if not self.asym_alpha >= 0:
+            raise ValueError(f"asym_alpha must be >= 0, got {self.asym_alpha}")
+        if self.asym_calibration and self.method != "gptq":
+            raise ValueError("asym_calibration needs method='gptq' (it changes how GPTQ uses calibration data)")
         if self.model_seqlen is not None and self.model_seqlen <= 0:
             raise ValueError(f"model_seqlen must be positive, got {self.model_seqlen}")
         if isinstance(self.modules_to_not_convert, str):

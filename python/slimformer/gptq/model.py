@@ -8,6 +8,7 @@ activations are alive at a time, and they are kept on the CPU; with device="cuda
 processed and moved back."""
 from __future__ import annotations
 
+import copy
 import fnmatch
 import inspect
 import time
@@ -90,16 +91,16 @@ def _bias(module: nn.Module):
     return b.detach() if isinstance(b, torch.Tensor) else None
 
 
-def _quantize_layer(module: nn.Module, hessian: torch.Tensor | None, config: GPTQConfig):
-    """Returns (QuantLinear, error, damp) for one nn.Linear / Conv1D."""
+def _quantize_layer(module: nn.Module, acc: HessianAccumulator | None, config: GPTQConfig):
+    """Returns (QuantLinear, error, damp) for one nn.Linear / Conv1D; acc is None for RTN."""
     weight = linear_weight(module).detach()
-    if hessian is None:
+    if acc is None:
         q, scales, zeros = round_to_nearest(weight, config.bits, config.group_size, config.sym, mse=config.mse)
         g_idx, err, damp = None, float("nan"), 0.0
     else:
-        r = gptq(weight, hessian, bits=config.bits, group_size=config.group_size, sym=config.sym,
+        r = gptq(weight, acc.hessian, bits=config.bits, group_size=config.group_size, sym=config.sym,
                  act_order=config.desc_act, static_groups=config.static_groups, damp=config.damp_percent,
-                 block_size=config.block_size, mse=config.mse)
+                 block_size=config.block_size, mse=config.mse, asym_cross=acc.cross, asym_alpha=config.asym_alpha)
         q, scales, zeros, g_idx, err, damp = r.q, r.scales, r.zeros, r.g_idx, r.error, r.damp
     layer = QuantLinear.from_int(q, scales, zeros, g_idx, _bias(module), bits=config.bits,
                                  group_size=config.group_size, sym=config.sym,
@@ -174,33 +175,54 @@ def _with_hidden(args, kwargs, h):
     return args, {**kwargs, "hidden_states": h}
 
 
+def _run_one(block, args, kwargs, device):
+    out = block(*_to(args, device), **_to(kwargs, device))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _run_block(block, inputs, device):
     """Runs block on every captured input; returns the outputs' hidden states on the CPU."""
-    outs = []
-    for args, kwargs in inputs:
-        out = block(*_to(args, device), **_to(kwargs, device))
-        h = out[0] if isinstance(out, (tuple, list)) else out
-        outs.append(h.to("cpu"))
-    return outs
+    return [_run_one(block, args, kwargs, device).to("cpu") for args, kwargs in inputs]
 
 
-def _accumulate(block, names, inputs, device):
-    """Hessians of the named linear layers of block over all inputs; also returns the order they first ran in,
-    each with the input tensor it got (kept alive, so that identity tells which layers share an input)."""
+def _accumulate(block, names, inputs, device, fp=None):
+    """Hessian accumulators of the named linear layers of block over all inputs; also returns the order they
+    first ran in, each with the input tensor it got (kept alive, so that identity tells which layers share an
+    input).
+
+    fp = (full-precision copy of the block, the full-precision model's hidden states for each input) turns on
+    GPTQv2's asymmetric calibration: each sample first runs through the dense copy, whose layer inputs are kept
+    to accumulate the cross term against the quantized block's inputs on the same sample."""
     acc, order, handles = {}, [], []
+    fp_x: dict[str, list] = {name: [] for name in names}
     for name in names:
         module = block.get_submodule(name)
 
         def hook(mod, args, name=name):
             x = args[0]
             if name not in acc:
-                acc[name] = HessianAccumulator(x.shape[-1], device=x.device)
+                acc[name] = HessianAccumulator(x.shape[-1], device=x.device, asymmetric=fp is not None)
                 order.append((name, x))
-            acc[name].add(x)
+            ref = None
+            if fp is not None:
+                if not fp_x[name]:
+                    raise RuntimeError(f"{name} ran more often in the quantized block than in its full-precision "
+                                       "copy; asymmetric calibration cannot pair their inputs")
+                ref = fp_x[name].pop(0)
+            acc[name].add(x, ref)
 
         handles.append(module.register_forward_pre_hook(hook))
+        if fp is not None:
+            handles.append(fp[0].get_submodule(name).register_forward_pre_hook(
+                lambda mod, args, name=name: fp_x[name].append(args[0])))
     try:
-        _run_block(block, inputs, device)
+        for i, (args, kwargs) in enumerate(inputs):
+            if fp is not None:
+                _run_one(fp[0], *_with_hidden(args, kwargs, fp[1][i]), device)
+            _run_one(block, args, kwargs, device)
+            if fp is not None:
+                for pending in fp_x.values():
+                    pending.clear()
     finally:
         for h in handles:
             h.remove()
@@ -226,7 +248,10 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
 
     calibration_data: a list of strings (tokenized with `tokenizer`, truncated to config.model_seqlen) or an
     iterable of model-input dicts (input_ids/attention_mask, or pixel_values for ViT). device: where each
-    block is processed (default: where the model is); activations stay on the CPU between blocks."""
+    block is processed (default: where the model is); activations stay on the CPU between blocks.
+
+    config.asym_calibration (GPTQv2) also carries the full-precision model's hidden states from block to block
+    and a dense copy of the block being quantized: twice the activations and one more block in memory."""
     config = config or GPTQConfig()
     if not isinstance(config, GPTQConfig):
         raise TypeError(f"config must be a slimformer.GPTQConfig, got {type(config).__name__}")
@@ -250,11 +275,14 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
             report.append(LayerReport(name, layer.in_features, layer.out_features, config.bits, err, damp,
                                       time.perf_counter() - t0))
     else:
-        batches = calibration_batches(calibration_data, tokenizer, config.model_seqlen)
+        max_length = config.model_seqlen or getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        batches = calibration_batches(calibration_data, tokenizer, max_length)
         inputs = _capture_block_inputs(model, blocks[0], batches, home)
+        fp_hidden = [_hidden(args, kwargs) for args, kwargs in inputs] if config.asym_calibration else None
         bar = tqdm(range(len(blocks)), desc=f"GPTQ int{config.bits}", disable=not progress)
         for b in bar:
             block = blocks[b].to(device)
+            fp_block = copy.deepcopy(block) if fp_hidden is not None else None
             prefix = f"{block_path}.{b}"
             names = [n for n, m in block.named_modules() if is_linear_like(m) and not _skip(f"{prefix}.{n}", config)]
             if names:
@@ -266,21 +294,25 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
                     groups = [names]
                 for group in groups:
                     # collected after the earlier groups are quantized, so each sees its real inputs
-                    hessians, _ = _accumulate(block, group, inputs, device)
+                    hessians, _ = _accumulate(block, group, inputs, device,
+                                              None if fp_block is None else (fp_block, fp_hidden))
                     for name in group:
                         if name not in hessians:
                             warnings.warn(f"{prefix}.{name} never ran on the calibration data; left dense",
                                           RuntimeWarning, stacklevel=2)
                             continue
                         t0 = time.perf_counter()
-                        layer, err, damp = _quantize_layer(block.get_submodule(name), hessians.pop(name).hessian,
-                                                           config)
+                        layer, err, damp = _quantize_layer(block.get_submodule(name), hessians.pop(name), config)
                         _set_module(block, name, layer)
                         report.append(LayerReport(f"{prefix}.{name}", layer.in_features, layer.out_features,
                                                   config.bits, err, damp, time.perf_counter() - t0))
                         bar.set_postfix_str(f"{name} err={err:.2e}")
                     del hessians
             outs = _run_block(block, inputs, device)
+            if fp_block is not None:
+                fp_hidden = _run_block(fp_block, [_with_hidden(a, k, h) for (a, k), h in zip(inputs, fp_hidden)],
+                                       device)
+                del fp_block
             inputs = [_with_hidden(args, kwargs, h) for (args, kwargs), h in zip(inputs, outs)]
             blocks[b] = block.to(home)
             if progress:
@@ -323,7 +355,7 @@ def _quantize_head(model, batches, config, device):
     if getattr(model.config, "tie_word_embeddings", False):
         # the head shares its weight with the input embedding: give it its own copy before replacing it
         model.config.tie_word_embeddings = False
-    layer, err, damp = _quantize_layer(head, acc.hessian, config)
+    layer, err, damp = _quantize_layer(head, acc, config)
     _set_module(model, name, layer)
     return [LayerReport(name, layer.in_features, layer.out_features, config.bits, err, damp,
                         time.perf_counter() - t0)]
