@@ -36,11 +36,13 @@ def workspace(tmp_path_factory):
 def test_quantize_eval_bench_causal_lm(workspace, capsys):
     out = workspace / "llama-int4"
     assert cli.main(["quantize", str(workspace / "llama"), str(out), "--bits", "4", "--group-size", "64",
-                     "--desc-act", "--calib", str(workspace / "text.txt"), "--nsamples", "4", "--seqlen", "32"]) == 0
+                     "--desc-act", "--asym-calibration", "--calib", str(workspace / "text.txt"), "--nsamples", "4",
+                     "--seqlen", "32"]) == 0
     printed = capsys.readouterr().out
     assert "model.layers.1.mlp.down_proj" in printed and "saved 14 quantized layers" in printed
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["bits"] == 4 and qc["desc_act"] is True and qc["quant_method"] == "gptq"
+    assert qc["asym_calibration"] is True and qc["asym_alpha"] == 0.25
     assert (out / "tokenizer.json").exists()
 
     ppl = {}

@@ -37,7 +37,8 @@ def _quantize(args):
                                    sym=not args.asym, damp_percent=args.damp, static_groups=args.static_groups,
                                    true_sequential=not args.no_true_sequential, method=args.method,
                                    lm_head=args.lm_head, mse=args.mse, checkpoint_format=args.checkpoint_format,
-                                   modules_to_not_convert=args.skip or None)
+                                   modules_to_not_convert=args.skip or None,
+                                   asym_calibration=args.asym_calibration, asym_alpha=args.asym_alpha)
     model, tokenizer = ev.load_model(args.model_dir)
     calib = None
     if config.method == "gptq":
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--damp", type=float, default=0.01)
     q.add_argument("--mse", action="store_true", help="MSE shrink search for each group's grid")
+    q.add_argument("--asym-calibration", action="store_true",
+                   help="GPTQv2: match each layer to the full-precision model's outputs")
+    q.add_argument("--asym-alpha", type=float, default=0.25, help="weight of GPTQv2's asymmetry correction")
     q.add_argument("--no-true-sequential", action="store_true")
     q.add_argument("--lm-head", action="store_true", help="also quantize the output projection")
     q.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")
