@@ -30,6 +30,9 @@ import slimformer
 from slimformer import evaluate as ev
 
 HERE = Path(__file__).resolve().parent
+# (label, GPTQConfig fields) of each row, at every width
+SETTINGS = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True)),
+            ("GPTQv2 act-order", dict(desc_act=True, asym_calibration=True))]
 
 
 def corpus():
@@ -101,9 +104,8 @@ def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int):
     calib = ev.calibration_windows(ev.token_ids(tokenizer, train), nsamples, seqlen, seed=1)
     test_ids = ev.token_ids(tokenizer, held_out)
     rows = [{"model": "fp32", "bits": 32, "perplexity": ev.perplexity(dense, test_ids, seqlen, progress=False)}]
-    settings = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True))]
     for bits in (4, 3):
-        for label, extra in settings:
+        for label, extra in SETTINGS:
             model, _ = ev.load_model(model_dir)
             cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
             t0 = time.perf_counter()
@@ -135,15 +137,17 @@ def minilm_table(nsamples: int, n_eval: int):
     test = test[:n_eval]
     reference, tokenizer = ev.load_model(model_dir)
     rows = []
-    settings = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True))]
     for bits in (4, 3):
-        for label, extra in settings:
+        for label, extra in SETTINGS:
             model, _ = ev.load_model(model_dir)
             cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
+            t0 = time.perf_counter()
             slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, tokenizer=tokenizer,
                                 progress=False)
+            took = time.perf_counter() - t0
             fid = ev.embedding_fidelity(model, reference, tokenizer, test)
-            rows.append({"model": f"{label} int{bits} g128", "bits": bits, **fid})
+            rows.append({"model": f"{label} int{bits} g128", "bits": bits, **fid, "quantize s": took,
+                         "calibration sentences": len(calib) if cfg.method == "gptq" else 0})
             print(rows[-1])
     return rows
 
@@ -174,7 +178,8 @@ def main():
         if rows:
             result["minilm"] = rows
             print("\nall-MiniLM-L6-v2, cosine to the fp32 embeddings on held-out sentences:")
-            print(ev.markdown_table(rows, ["model", "mean_cosine", "p05_cosine", "min_cosine", "sentences"]))
+            print(ev.markdown_table(rows, ["model", "mean_cosine", "p05_cosine", "min_cosine", "sentences",
+                                           "calibration sentences", "quantize s"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     previous.update(result)

@@ -25,8 +25,11 @@ def test_from_pretrained_quantizes_with_gptq(dense_dir, tmp_path):
     assert model.model.layers[0].self_attn.q_proj.perm is not None
     ref, out = output(dense, calib[0]), output(model, calib[0])
     assert ((out - ref).norm() / ref.norm()).item() < 0.2
-    slimformer.save_pretrained(model, tmp_path)
-    assert torch.equal(output(slimformer.load_pretrained(tmp_path), calib[0]), out)
+    slimformer.save_pretrained(model, tmp_path / "ours")
+    assert torch.equal(output(slimformer.load_pretrained(tmp_path / "ours"), calib[0]), out)
+    # transformers' own save_pretrained writes the same Hub layout (QuantLinear's state_dict) and config
+    model.save_pretrained(str(tmp_path / "hf"))
+    assert torch.equal(output(slimformer.load_pretrained(tmp_path / "hf"), calib[0]), out)
 
 
 def test_from_pretrained_rtn_and_errors(dense_dir):
