@@ -31,8 +31,11 @@ from slimformer import evaluate as ev
 
 HERE = Path(__file__).resolve().parent
 # (label, GPTQConfig fields) of each row, at every width
+_V2 = dict(desc_act=True, asym_calibration=True)
 SETTINGS = [("RTN", dict(method="rtn")), ("GPTQ", dict()), ("GPTQ act-order", dict(desc_act=True)),
-            ("GPTQv2 act-order", dict(desc_act=True, asym_calibration=True))]
+            ("GPTQv2 act-order", _V2),
+            ("GPTQv2 act-order asym MSE", dict(_V2, sym=False, mse=True)),
+            ("GPTQv2-lstsq act-order asym MSE", dict(_V2, sym=False, mse=True, asym_method="lstsq", asym_alpha=1.0))]
 
 
 def corpus():

@@ -228,5 +228,13 @@ def test_asymmetric_calibration_targets_the_full_precision_output(bits, act_orde
     errs = [error(gptq(W, acc.hessian, bits=bits, group_size=128, act_order=act_order, asym_cross=acc.cross,
                        asym_alpha=a)) for a in (0.25, 1.0)]
     assert errs[0] < error(plain) and errs[1] < errs[0], (error(plain), errs)
+    # GPTQ toward the least-squares target solves the objective exactly for the free columns: better still
+    for gs in (128, -1):
+        base = error(gptq(W, acc.hessian, bits=bits, group_size=gs, act_order=act_order))
+        lstsq = error(gptq(W, acc.hessian, bits=bits, group_size=gs, act_order=act_order, asym_cross=acc.cross,
+                           asym_alpha=1.0, asym_method="lstsq"))
+        assert lstsq < (errs[1] if gs == 128 else base), (gs, base, errs, lstsq)
     with pytest.raises(ValueError, match="asym_cross must be"):
         gptq(W, acc.hessian, asym_cross=acc.cross[:8])
+    with pytest.raises(ValueError, match="asym_method must be one of"):
+        gptq(W, acc.hessian, asym_cross=acc.cross, asym_method="exact")

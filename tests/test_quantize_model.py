@@ -72,20 +72,24 @@ def test_asymmetric_calibration():
     calib, held_out = inputs("llama", 8, seed=1), inputs("llama", 4, seed=2)
     ref = [output(dense, b) for b in held_out]
     models, errs = {}, {}
-    for asym in (False, True):
+    for method in (None, "gptqv2", "lstsq"):
         model = _structured_llama()
         model.load_state_dict(dense.state_dict())
-        cfg = GPTQConfig(bits=3, group_size=128, asym_calibration=asym, asym_alpha=0.5)
+        cfg = GPTQConfig(bits=3, group_size=128, asym_calibration=method is not None, asym_alpha=0.5,
+                         asym_method=method or "gptqv2")
         slimformer.quantize(model, cfg, calib, progress=False)
-        models[asym], errs[asym] = model, _logit_error(model, held_out, ref)
-    first = [models[a].model.layers[0].self_attn.q_proj.qweight for a in (False, True)]
-    later = [models[a].model.layers[1].mlp.down_proj.qweight for a in (False, True)]
-    assert torch.equal(*first) and not torch.equal(*later)
-    assert errs[True] < errs[False], errs
+        models[method], errs[method] = model, _logit_error(model, held_out, ref)
+    for method in ("gptqv2", "lstsq"):
+        first = [models[m].model.layers[0].self_attn.q_proj.qweight for m in (None, method)]
+        later = [models[m].model.layers[1].mlp.down_proj.qweight for m in (None, method)]
+        assert torch.equal(*first) and not torch.equal(*later)
+        assert errs[method] < errs[None], errs
     with pytest.raises(ValueError, match="asym_calibration needs method='gptq'"):
         GPTQConfig(method="rtn", asym_calibration=True)
     with pytest.raises(ValueError, match="asym_alpha"):
         GPTQConfig(asym_alpha=-1)
+    with pytest.raises(ValueError, match="asym_method"):
+        GPTQConfig(asym_method="exact")
 
 
 def test_true_sequential_groups_and_options():

@@ -38,7 +38,8 @@ def _quantize(args):
                                    true_sequential=not args.no_true_sequential, method=args.method,
                                    lm_head=args.lm_head, mse=args.mse, checkpoint_format=args.checkpoint_format,
                                    modules_to_not_convert=args.skip or None,
-                                   asym_calibration=args.asym_calibration, asym_alpha=args.asym_alpha)
+                                   asym_calibration=args.asym_calibration, asym_alpha=args.asym_alpha,
+                                   asym_method=args.asym_method)
     model, tokenizer = ev.load_model(args.model_dir)
     calib = None
     if config.method == "gptq":
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--asym-calibration", action="store_true",
                    help="GPTQv2: match each layer to the full-precision model's outputs")
     q.add_argument("--asym-alpha", type=float, default=0.25, help="weight of GPTQv2's asymmetry correction")
+    q.add_argument("--asym-method", choices=["gptqv2", "lstsq"], default="gptqv2",
+                   help="published GPTQv2 update, or GPTQ toward the least-squares full-precision target")
     q.add_argument("--no-true-sequential", action="store_true")
     q.add_argument("--lm-head", action="store_true", help="also quantize the output projection")
     q.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")

@@ -97,6 +97,8 @@ def round_to_nearest(weight: torch.Tensor, bits: int = 4, group_size: int = 128,
 
 
 # --------------------------------------------------------------------------------------------------- GPTQ
+ASYM_METHODS = ("gptqv2", "lstsq")  # how gptq() uses the asymmetric-calibration cross term
+
 class HessianAccumulator:
     """Running H = 2/n sum_t x_t x_t^T over the n input rows (tokens) a linear layer has seen, in fp32.
 
@@ -201,7 +203,8 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, *, max_tries: i
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = True,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
-         mse: bool = False, asym_cross: torch.Tensor | None = None, asym_alpha: float = 0.25) -> GPTQResult:
+         mse: bool = False, asym_cross: torch.Tensor | None = None, asym_alpha: float = 0.25,
+         asym_method: str = "gptqv2") -> GPTQResult:
     """GPTQ on weight [out, in] with the layer's Hessian [in, in]; returns the integers and grid (see
     quantize_weight for the module).
 
@@ -217,11 +220,18 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     (built from x~) came. The target is then the full-precision output, min ||W x - Q x~||: quantizing column j
     with value w_j also moves the columns after it by asym_alpha * w_j P[j, j+1:], P = triu(D U^T, 1) U (U the
     upper Cholesky factor of H^-1), the part of the least-squares correction W D H^-1 that column j passes on
-    to columns not yet quantized. asym_alpha scales that correction (0.25 as published; 0 is plain GPTQ)."""
+    to columns not yet quantized. asym_alpha scales that correction (0.25 as published; 0 is plain GPTQ).
+
+    asym_method="lstsq" instead solves the same objective exactly for the columns still free: since
+    ||W x - Q x~||^2 = (Q - W*) H (Q - W*)^T + const with W* = W + W D H^-1 (the least-squares weight for the
+    inputs x~), it runs plain GPTQ from W + asym_alpha * W D (H + lambda I)^-1. On all-MiniLM-L6-v2 it was a little
+    better than the published update (benchmarks/README.md); alpha 1 is the exact target."""
     gptq_format(bits)
     _check_weight_and_hessian(weight, hessian)
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if asym_method not in ASYM_METHODS:
+        raise ValueError(f"asym_method must be one of {ASYM_METHODS}, got {asym_method!r}")
     if asym_cross is not None:
         K = weight.shape[1]
         if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):
@@ -245,9 +255,6 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
         D[:, dead] = 0.0
 
     groups = -(-K // gs)
-    static = None
-    if static_groups or gs >= K:  # per-channel is one static group
-        static = [quantization_grid(W[:, g * gs:(g + 1) * gs].t(), bits, sym, mse=mse) for g in range(groups)]
     perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else None
     if perm is not None:
         W = W[:, perm]
@@ -257,9 +264,16 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     U, used_damp = inverse_hessian_cholesky(H, damp)
     del H
     P = None
-    if D is not None:  # strictly upper triangular, so column j's own update is unchanged
+    if D is not None and asym_method == "lstsq":  # start from the least-squares target (damped H^-1 = U^T U)
+        W.add_(W.matmul(D).matmul(U.t()).matmul(U), alpha=asym_alpha)
+    elif D is not None:  # strictly upper triangular, so column j's own update is unchanged
         P = (D @ U.t()).triu_(1).matmul(U).mul_(asym_alpha)
-        del D
+    del D
+    static = None
+    if static_groups or gs >= K:  # per-channel is one static group; grids on the original column order
+        Wn = W if perm is None else W[:, torch.argsort(perm)]
+        static = [quantization_grid(Wn[:, g * gs:(g + 1) * gs].t(), bits, sym, mse=mse) for g in range(groups)]
+        del Wn
 
     Q = torch.empty_like(W)
     grids: list = [None] * groups

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..formats import gptq_format
+from .algorithm import ASYM_METHODS
 from .format import CHECKPOINT_FORMATS
 
 METHODS = ("gptq", "rtn")
@@ -41,6 +42,7 @@ class GPTQConfig(_Base):
     # output on the (already partly quantized) model's inputs; costs a second forward pass per layer group
     asym_calibration: bool = False
     asym_alpha: float = 0.25  # weight of the asymmetry correction (0.25 as published)
+    asym_method: str = "gptqv2"  # "gptqv2" (the published update) or "lstsq" (GPTQ toward the least-squares target)
     # calibration for AutoModel*.from_pretrained(..., quantization_config=GPTQConfig(dataset=[...], tokenizer=tok))
     dataset: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
@@ -59,6 +61,8 @@ class GPTQConfig(_Base):
             raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.asym_method not in ASYM_METHODS:
+            raise ValueError(f"asym_method must be one of {ASYM_METHODS}, got {self.asym_method!r}")
         if not self.asym_alpha >= 0:
             raise ValueError(f"asym_alpha must be >= 0, got {self.asym_alpha}")
         if self.asym_calibration and self.method != "gptq":

@@ -100,7 +100,8 @@ def _quantize_layer(module: nn.Module, acc: HessianAccumulator | None, config: G
     else:
         r = gptq(weight, acc.hessian, bits=config.bits, group_size=config.group_size, sym=config.sym,
                  act_order=config.desc_act, static_groups=config.static_groups, damp=config.damp_percent,
-                 block_size=config.block_size, mse=config.mse, asym_cross=acc.cross, asym_alpha=config.asym_alpha)
+                 block_size=config.block_size, mse=config.mse, asym_cross=acc.cross, asym_alpha=config.asym_alpha,
+                 asym_method=config.asym_method)
         q, scales, zeros, g_idx, err, damp = r.q, r.scales, r.zeros, r.g_idx, r.error, r.damp
     layer = QuantLinear.from_int(q, scales, zeros, g_idx, _bias(module), bits=config.bits,
                                  group_size=config.group_size, sym=config.sym,
