@@ -107,21 +107,27 @@ def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int):
     calib = ev.calibration_windows(ev.token_ids(tokenizer, train), nsamples, seqlen, seed=1)
     test_ids = ev.token_ids(tokenizer, held_out)
     rows = [{"model": "fp32", "bits": 32, "perplexity": ev.perplexity(dense, test_ids, seqlen, progress=False)}]
-    for bits in (4, 3):
-        for label, extra in SETTINGS:
-            model, _ = ev.load_model(model_dir)
-            cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
-            t0 = time.perf_counter()
-            slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, progress=False)
-            took = time.perf_counter() - t0
-            ppl = ev.perplexity(model, test_ids, seqlen, progress=False)
-            rows.append({"model": f"{label} int{bits} g128", "bits": bits, "perplexity": ppl,
-                         "quantize s": took})
-            print(rows[-1])
+    for label, fields in tqdm(rows_to_run(None), desc="tiny LM settings"):
+        model, _ = ev.load_model(model_dir)
+        cfg = slimformer.GPTQConfig(**fields)
+        t0 = time.perf_counter()
+        slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, progress=False)
+        took = time.perf_counter() - t0
+        ppl = ev.perplexity(model, test_ids, seqlen, progress=False)
+        rows.append({"model": label, "bits": cfg.bits, "perplexity": ppl, "quantize s": took})
+        print(rows[-1])
     return rows, int(test_ids.numel())
 
 
-def minilm_table(nsamples: int, n_eval: int):
+def rows_to_run(configs: list[str] | None):
+    """[(label, GPTQConfig fields)]: SETTINGS at 4 and 3 bits, or the given JSON objects of GPTQConfig fields."""
+    if configs:
+        return [(c, json.loads(c)) for c in configs]
+    return [(f"{label} int{bits} g128", dict(extra, bits=bits, group_size=128))
+            for bits in (4, 3) for label, extra in SETTINGS]
+
+
+def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None):
     """nsamples calibration sentences (~25 tokens each, so 512 of them hold ~13k tokens: fewer starve the Hessians
     of the 1536-wide FFN inputs; 128 sentences gave 0.986 instead of 0.989 for GPTQ act-order int4)."""
     try:
@@ -140,18 +146,17 @@ def minilm_table(nsamples: int, n_eval: int):
     test = test[:n_eval]
     reference, tokenizer = ev.load_model(model_dir)
     rows = []
-    for bits in (4, 3):
-        for label, extra in SETTINGS:
-            model, _ = ev.load_model(model_dir)
-            cfg = slimformer.GPTQConfig(bits=bits, group_size=128, **extra)
-            t0 = time.perf_counter()
-            slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, tokenizer=tokenizer,
-                                progress=False)
-            took = time.perf_counter() - t0
-            fid = ev.embedding_fidelity(model, reference, tokenizer, test)
-            rows.append({"model": f"{label} int{bits} g128", "bits": bits, **fid, "quantize s": took,
-                         "calibration sentences": len(calib) if cfg.method == "gptq" else 0})
-            print(rows[-1])
+    for label, fields in tqdm(rows_to_run(configs), desc="MiniLM settings"):
+        model, _ = ev.load_model(model_dir)
+        cfg = slimformer.GPTQConfig(**fields)
+        t0 = time.perf_counter()
+        slimformer.quantize(model, cfg, calib if cfg.method == "gptq" else None, tokenizer=tokenizer,
+                            progress=False)
+        took = time.perf_counter() - t0
+        fid = ev.embedding_fidelity(model, reference, tokenizer, test)
+        rows.append({"model": label, "bits": cfg.bits, **fid, "quantize s": took,
+                     "calibration sentences": len(calib) if cfg.method == "gptq" else 0})
+        print(rows[-1])
     return rows
 
 
@@ -164,10 +169,15 @@ def main():
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--minilm-eval", type=int, default=500, help="held-out sentences scored")
     p.add_argument("--minilm-calib", type=int, default=512, help="calibration sentences")
+    p.add_argument("--minilm-configs", nargs="+", metavar="JSON",
+                   help='MiniLM only, these GPTQConfig settings instead of the standard rows (a sweep), e.g. '
+                        '\'{"bits": 3, "desc_act": true, "mse": true}\'; results are printed, not saved')
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-lm", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "results" / "gptq_quality.json")
     args = p.parse_args()
+    if args.minilm_configs:
+        args.skip_lm = True
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_lm:
@@ -177,12 +187,14 @@ def main():
         print(f"\nTiny LLaMA (4x256), held-out perplexity over {tokens} tokens, {args.seqlen}-token windows:")
         print(ev.markdown_table(rows, ["model", "perplexity", "quantize s"]))
     if not args.skip_minilm:
-        rows = minilm_table(args.minilm_calib, args.minilm_eval)
+        rows = minilm_table(args.minilm_calib, args.minilm_eval, args.minilm_configs)
         if rows:
             result["minilm"] = rows
             print("\nall-MiniLM-L6-v2, cosine to the fp32 embeddings on held-out sentences:")
             print(ev.markdown_table(rows, ["model", "mean_cosine", "p05_cosine", "min_cosine", "sentences",
                                            "calibration sentences", "quantize s"]))
+    if args.minilm_configs:
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     previous.update(result)
