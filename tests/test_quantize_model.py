@@ -110,12 +110,20 @@ def test_true_sequential_groups_and_options():
         assert (q.perm is not None) == (cfg.desc_act and not cfg.static_groups), key
 
 
-def test_strings_with_tokenizer_and_modules_to_not_convert():
-    class CharTokenizer:
-        def __call__(self, text, return_tensors=None, truncation=False, max_length=None):
-            ids = [ord(c) % 256 for c in text][: max_length if truncation else None]
-            return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+class CharTokenizer:
+    def __call__(self, text, return_tensors=None, truncation=False, max_length=None):
+        ids = [ord(c) % 256 for c in text][: max_length if truncation else None]
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
+
+def test_long_texts_are_cut_to_the_models_positions():
+    model = tiny("bert", max_position_embeddings=64)
+    slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), ["a long calibration text " * 20],
+                        tokenizer=CharTokenizer(), progress=False)
+    assert isinstance(model.encoder.layer[0].output.dense, QuantLinear)
+
+
+def test_strings_with_tokenizer_and_modules_to_not_convert():
     model = tiny("llama")
     cfg = GPTQConfig(bits=4, group_size=64, modules_to_not_convert=["down_proj"], model_seqlen=16)
     _, report = slimformer.quantize(model, cfg, ["the quick brown fox " * 5, "jumps over the lazy dog"],

@@ -36,7 +36,7 @@ class GPTQConfig(_Base):
     lm_head: bool = False  # also quantize the output projection
     mse: bool = False  # MSE shrink search for each group's grid
     block_size: int = 128  # GPTQ lazy-update block (columns)
-    model_seqlen: int | None = None  # calibration texts are truncated to this many tokens
+    model_seqlen: int | None = None  # calibration texts are truncated to this many tokens (else the model's limit)
     checkpoint_format: str = "gptq"  # "gptq" (v1 zero points) or "gptq_v2"
     # GPTQv2 asymmetric calibration: match each layer to the full-precision model's output, not to its own
     # output on the (already partly quantized) model's inputs; costs a second forward pass per layer group

@@ -247,9 +247,10 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
     """Quantizes the linear layers of a Hugging Face model's blocks in place with GPTQ (or RTN) and returns
     the model (and, with return_report=True, the per-layer [LayerReport]).
 
-    calibration_data: a list of strings (tokenized with `tokenizer`, truncated to config.model_seqlen) or an
-    iterable of model-input dicts (input_ids/attention_mask, or pixel_values for ViT). device: where each
-    block is processed (default: where the model is); activations stay on the CPU between blocks.
+    calibration_data: a list of strings (tokenized with `tokenizer`) or an iterable of model-input dicts
+    (input_ids/attention_mask, or pixel_values for ViT); token sequences are cut to config.model_seqlen, else to
+    the model's max_position_embeddings. device: where each block is processed (default: where the model is);
+    activations stay on the CPU between blocks.
 
     config.asym_calibration (GPTQv2) also carries the full-precision model's hidden states from block to block
     and a dense copy of the block being quantized: twice the activations and one more block in memory."""
