@@ -222,10 +222,11 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     upper Cholesky factor of H^-1), the part of the least-squares correction W D H^-1 that column j passes on
     to columns not yet quantized. asym_alpha scales that correction (0.25 as published; 0 is plain GPTQ).
 
-    asym_method="lstsq" instead solves the same objective exactly for the columns still free: since
-    ||W x - Q x~||^2 = (Q - W*) H (Q - W*)^T + const with W* = W + W D H^-1 (the least-squares weight for the
-    inputs x~), it runs plain GPTQ from W + asym_alpha * W D (H + lambda I)^-1. On all-MiniLM-L6-v2 it was a little
-    better than the published update (benchmarks/README.md); alpha 1 is the exact target."""
+    asym_method="lstsq" hands GPTQ the objective itself: ||W x - Q x~||^2 = (Q - W*) H (Q - W*)^T + const with
+    W* = W + W D H^-1 (the least-squares weight for the inputs x~), so plain GPTQ started from W* minimizes it with
+    the usual column updates, none of the correction dropped. It starts from W + asym_alpha * W D (H + lambda I)^-1:
+    alpha 1 is W*, smaller values trust the calibration set's least-squares fit less. On all-MiniLM-L6-v2 it did a
+    little better than the published update (benchmarks/README.md)."""
     gptq_format(bits)
     _check_weight_and_hessian(weight, hessian)
     if block_size <= 0:
