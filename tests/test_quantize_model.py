@@ -177,7 +177,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import slimformer
     from models import tiny
     torch.manual_seed(0)
-    depth = int(sys.argv[1])
+    depth, asym = int(sys.argv[1]), sys.argv[2] == "asym"
     model = tiny("llama", layers=depth, hidden=256, intermediate=512)
     calib = [{{"input_ids": torch.randint(0, 256, (1, 512))}} for _ in range(16)]
     gc.collect()
@@ -188,23 +188,29 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS to the current RSS
     base = status("VmRSS:")
-    slimformer.quantize(model, slimformer.GPTQConfig(bits=4, group_size=128), calib, progress=False)
+    slimformer.quantize(model, slimformer.GPTQConfig(bits=4, group_size=128, asym_calibration=asym), calib,
+                        progress=False)
     print(json.dumps({{"growth": status("VmHWM:") - base}}))
 """)
 
 
-def test_peak_memory_grows_with_one_block_not_depth(tmp_path):
+@pytest.mark.parametrize("mode", ["plain", "asym"])
+def test_peak_memory_grows_with_one_block_not_depth(tmp_path, mode):
     """Peak RSS growth during quantize() for a 2- and an 8-block model: the captured activations of all
     calibration samples (16 x 512 tokens x 256 features x 4 bytes = 8 MiB per copy) are held for one block at a
-    time, so the growth must not scale with depth (keeping every block's activations would add 6 x 8 MiB)."""
+    time, so the growth must not scale with depth (keeping every block's activations would add 6 x 8 MiB).
+    GPTQv2 ("asym") holds a second copy (the full-precision stream) and a dense copy of the block, still one
+    block's worth."""
     import os
     script = tmp_path / "mem.py"
     script.write_text(_MEMORY_SCRIPT.format(tests=os.path.dirname(__file__)))
     growth = {}
     for depth in (2, 8):
-        run = subprocess.run([sys.executable, str(script), str(depth)], capture_output=True, text=True, timeout=300)
+        run = subprocess.run([sys.executable, str(script), str(depth), mode], capture_output=True, text=True,
+                             timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         growth[depth] = json.loads(run.stdout.strip().splitlines()[-1])["growth"]
     copy = 16 * 512 * 256 * 4
     assert growth[2] > copy  # the measurement sees at least the activations of one block
-    assert growth[8] - growth[2] < 2 * copy, growth
+    # keeping every block's activations would add >= 6 copies; allocator noise between runs is ~1 copy
+    assert growth[8] - growth[2] < (2 if mode == "plain" else 3) * copy, growth
