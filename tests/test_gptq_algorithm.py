@@ -238,3 +238,5 @@ def test_asymmetric_calibration_targets_the_full_precision_output(bits, act_orde
         gptq(W, acc.hessian, asym_cross=acc.cross[:8])
     with pytest.raises(ValueError, match="asym_method must be one of"):
         gptq(W, acc.hessian, asym_cross=acc.cross, asym_method="exact")
+    with pytest.raises(ValueError, match="asym_alpha must be a finite number"):
+        gptq(W, acc.hessian, asym_cross=acc.cross, asym_alpha=float("nan"))

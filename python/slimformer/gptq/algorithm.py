@@ -233,6 +233,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
         raise ValueError(f"block_size must be positive, got {block_size}")
     if asym_method not in ASYM_METHODS:
         raise ValueError(f"asym_method must be one of {ASYM_METHODS}, got {asym_method!r}")
+    if not 0 <= asym_alpha < math.inf:
+        raise ValueError(f"asym_alpha must be a finite number >= 0, got {asym_alpha}")
     if asym_cross is not None:
         K = weight.shape[1]
         if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):

@@ -63,8 +63,8 @@ class GPTQConfig(_Base):
             raise ValueError(f"block_size must be positive, got {self.block_size}")
         if self.asym_method not in ASYM_METHODS:
             raise ValueError(f"asym_method must be one of {ASYM_METHODS}, got {self.asym_method!r}")
-        if not self.asym_alpha >= 0:
-            raise ValueError(f"asym_alpha must be >= 0, got {self.asym_alpha}")
+        if not 0 <= self.asym_alpha < float("inf"):
+            raise ValueError(f"asym_alpha must be a finite number >= 0, got {self.asym_alpha}")
         if self.asym_calibration and self.method != "gptq":
             raise ValueError("asym_calibration needs method='gptq' (it changes how GPTQ uses calibration data)")
         if self.model_seqlen is not None and self.model_seqlen <= 0:
