@@ -69,6 +69,16 @@ def test_encoder_eval_needs_reference_and_reports_cosine(workspace, capsys):
     assert 0.9 < result["mean_cosine"] <= 1.0001 and result["sentences"] > 0
 
 
+def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
+    out = workspace / "bert-gptq"
+    assert cli.main(["quantize", str(workspace / "bert"), str(out), "--group-size", "32", "--calib",
+                     str(workspace / "text.txt"), "--nsamples", "6"]) == 0
+    assert "calibration: 6 sentences" in capsys.readouterr().out
+    (workspace / "words.txt").write_text("no sentence here")
+    assert cli.main(["quantize", str(workspace / "bert"), str(out), "--calib", str(workspace / "words.txt")]) == 2
+    assert "no sentences" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["quantize", "{ws}/nowhere", "{ws}/x"], "does not exist"),
     (["quantize", "{ws}/llama", "{ws}/x"], "--calib"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -48,10 +49,21 @@ def _quantize(args):
         if tokenizer is None:
             raise CliError(f"{args.model_dir} has no tokenizer files to tokenize the calibration text with")
         seqlen = min(args.seqlen, getattr(model.config, "max_position_embeddings", args.seqlen))
-        ids = ev.token_ids(tokenizer, ev.read_text(args.calib))
-        calib = ev.calibration_windows(ids, args.nsamples, seqlen, seed=args.seed)
-        print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} ({ids.numel()} tokens)")
-    model, report = slimformer.quantize(model, config, calib, device=args.device, return_report=True)
+        text = ev.read_text(args.calib)
+        if ev.is_causal_lm(model.config):
+            ids = ev.token_ids(tokenizer, text)
+            calib = ev.calibration_windows(ids, args.nsamples, seqlen, seed=args.seed)
+            print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} "
+                  f"({ids.numel()} tokens)")
+        else:  # encoders are used on sentences; long windows calibrate them worse (benchmarks/README.md)
+            calib = ev.sentences(text)
+            if not calib:
+                raise CliError(f"{args.calib} has no sentences of 5 to 60 words to calibrate an encoder with")
+            random.Random(args.seed).shuffle(calib)
+            calib = calib[:args.nsamples]
+            print(f"calibration: {len(calib)} sentences from {args.calib}")
+    model, report = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device,
+                                        return_report=True)
     slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
     rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
              "seconds": r.seconds} for r in report]
@@ -133,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--asym", action="store_true", help="asymmetric grid (default symmetric)")
     q.add_argument("--method", choices=["gptq", "rtn"], default="gptq")
     q.add_argument("--calib", type=Path, help="calibration text file (UTF-8)")
-    q.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    q.add_argument("--nsamples", type=int, default=128,
+                   help="calibration windows (causal LMs) or sentences (encoders)")
     q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--damp", type=float, default=0.01)
