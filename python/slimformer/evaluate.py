@@ -107,6 +107,13 @@ def sentences(text: str, *, min_words: int = 5, max_words: int = 60) -> list[str
     return [p for p in parts if min_words <= len(p.split()) <= max_words]
 
 
+def sample_sentences(text: str, n: int, rng: random.Random) -> list[str]:
+    """n sentences of text (see sentences) in an order shuffled by rng; fewer when the text has fewer."""
+    found = sentences(text)
+    rng.shuffle(found)
+    return found[:n]
+
+
 @torch.no_grad()
 def embed(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 32, max_length: int = 256,
           progress: bool = False) -> torch.Tensor:
