@@ -1,10 +1,12 @@
 // Raw-kernel benchmark of the GPTQ small-M CPU kernel: no torch, no Python, no dispatcher overhead.
 // Streams `layers` distinct random weights (more than fit in the last-level cache) and reports the median time
-// per layer, the effective weight-read bandwidth, and the GFLOP/s, for each ISA path the CPU supports.
+// per layer, the effective weight-read bandwidth, and the GFLOP/s, for each ISA path the CPU supports: the float
+// kernel (fp32 activations) and, for 2/4/8 bits, the integer kernel that bf16 activations take ("-i16" rows).
 //
 // usage: bench_gptq_kernel [--k 4096] [--n 4096] [--m 1] [--bits 4] [--group 128] [--layers 16] [--iters 20]
 //                          [--threads 2] [--json]
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -55,24 +57,46 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-using KernelFn = void (*)(const SmallMArgs&, int64_t, int64_t);
-
-double run_ms(KernelFn fn, std::vector<SmallMArgs>& args, int64_t threads, int64_t iters) {
+// Times fn over all layers with `threads` threads: the calling thread plus threads-1 workers started once and
+// woken through a generation counter (spinning: a thread start per layer would cost as much as the kernel).
+template <class Args>
+double run_ms(void (*fn)(const Args&, int64_t, int64_t), std::vector<Args>& args, int64_t threads, int64_t iters) {
+  std::atomic<int64_t> gen{0}, done{0};
+  std::atomic<bool> stop{false};
+  const Args* cur = nullptr;
+  auto share = [&](int64_t th) {
+    const int64_t nt = cur->w.n_tiles();
+    fn(*cur, nt * th / threads, nt * (th + 1) / threads);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t th = 1; th < threads; ++th)
+    pool.emplace_back([&, th] {
+      int64_t seen = 0;
+      while (true) {
+        while (gen.load(std::memory_order_acquire) == seen && !stop.load(std::memory_order_acquire)) {
+        }
+        if (stop.load(std::memory_order_acquire)) return;
+        seen = gen.load(std::memory_order_acquire);
+        share(th);
+        done.fetch_add(1, std::memory_order_acq_rel);
+      }
+    });
   std::vector<double> times;
   for (int64_t it = 0; it < iters + 1; ++it) {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& a : args) {
-      const int64_t nt = a.w.n_tiles();
-      std::vector<std::thread> pool;
-      for (int64_t th = 0; th < threads; ++th) {
-        const int64_t b = nt * th / threads, e = nt * (th + 1) / threads;
-        pool.emplace_back([&, b, e] { fn(a, b, e); });
+      cur = &a;
+      done.store(0, std::memory_order_release);
+      gen.fetch_add(1, std::memory_order_acq_rel);
+      share(0);
+      while (done.load(std::memory_order_acquire) != threads - 1) {
       }
-      for (auto& t : pool) t.join();
     }
     const auto t1 = std::chrono::steady_clock::now();
     if (it > 0) times.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count() / args.size());
   }
+  stop.store(true, std::memory_order_release);
+  for (auto& t : pool) t.join();
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
@@ -92,7 +116,18 @@ int main(int argc, char** argv) {
   const TiledWeight shape{nullptr, nullptr, o.k, o.n, o.bits, std::min(o.group, o.k)};
   std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), row_scale(o.m), y(o.m * o.n);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
-  for (auto& v : x) v = uni(rng);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (auto& v : x) {  // bf16 values (what the integer path is for), normally distributed
+    v = normal(rng);
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    b &= 0xFFFF0000u;
+    std::memcpy(&v, &b, 4);
+  }
+  const int64_t nb = blocks_i16(shape);
+  std::vector<int32_t> xq(o.m * o.k / 2), res_off(o.m * (nb + 1)), res_k(o.m * o.k);
+  std::vector<float> bscale(o.m * nb), res_lo(o.m * o.k);
+  std::vector<SmallMI16Args> args_i16(o.layers);
   for (int64_t l = 0; l < o.layers; ++l) {
     q[l].resize(shape.n_tiles() * shape.k_words() * kTileCols);
     for (auto& v : q[l]) v = static_cast<int32_t>(rng());
@@ -102,6 +137,8 @@ int main(int argc, char** argv) {
     w.qtiles = q[l].data();
     w.scale_zero = sz[l].data();
     args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), y.data(), o.m, o.n};
+    args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), res_off.data(), res_k.data(),
+                                res_lo.data(), y.data(), o.m, o.n};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 8;
   struct Path {
@@ -118,22 +155,31 @@ int main(int argc, char** argv) {
            __builtin_cpu_supports("avx512vl")},
   };
   if (!o.json)
-    std::printf("%-7s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",
+    std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",
                 "GB/s", "GFLOP/s");
-  for (const Path& p : paths) {
-    if (!p.ok) continue;
+  for (const Path& p : paths)
+    for (const bool integer : {false, true}) {
+    if (!p.ok || (integer && !i16_bits(o.bits))) continue;
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
-    p.kern.prepare_rows(shape, x.data(), 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
-    const double ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
+    double ms = 0;
+    if (integer) {
+      p.kern.prepare_rows_i16(shape, x.data(), 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
+                              res_k.data(), res_lo.data());
+      ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
+    } else {
+      p.kern.prepare_rows(shape, x.data(), 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
+      ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
+    }
+    const std::string name = std::string(p.name) + (integer ? "-i16" : "");
     const double gbs = weight_bytes / (ms * 1e-3) / 1e9;
     const double gflops = 2.0 * o.m * o.k * o.n / (ms * 1e-3) / 1e9;
     if (o.json)
       std::printf("{\"isa\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"bits\": %lld, \"group\": %lld, "
                   "\"us_per_layer\": %.1f, \"gb_per_s\": %.2f, \"gflop_per_s\": %.2f}\n",
-                  p.name, (long long)o.k, (long long)o.n, (long long)o.m, (long long)o.bits, (long long)o.group,
+                  name.c_str(), (long long)o.k, (long long)o.n, (long long)o.m, (long long)o.bits, (long long)o.group,
                   ms * 1e3, gbs, gflops);
     else
-      std::printf("%-7s %6lld %6lld %4lld %5lld %6lld %11.1f %9.2f %9.2f\n", p.name, (long long)o.k, (long long)o.n,
+      std::printf("%-10s %6lld %6lld %4lld %5lld %6lld %11.1f %9.2f %9.2f\n", name.c_str(), (long long)o.k, (long long)o.n,
                   (long long)o.m, (long long)o.bits, (long long)o.group, ms * 1e3, gbs, gflops);
   }
   return 0;

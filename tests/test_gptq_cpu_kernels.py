@@ -43,19 +43,94 @@ def test_fp32_matches_float64_reference(cpu_isa, m_path, bits, K, N, gs, act_ord
         assert rel_err(y, ref) < 2e-5, (M, rel_err(y, ref))
 
 
-@pytest.mark.parametrize("bits,K,N,gs", [(4, 200, 72, 128), (3, 160, 96, 32), (4, 256, 40, -1)])
+@pytest.mark.parametrize("bits,K,N,gs", [(4, 200, 72, 128), (3, 160, 96, 32), (4, 256, 40, -1), (2, 96, 48, 32),
+                                         (8, 72, 24, -1)])
 @pytest.mark.parametrize("act_order", [False, True])
-def test_bf16_activations(cpu_isa, m_path, bits, K, N, gs, act_order):
+@pytest.mark.parametrize("int_path", ["auto", "never"])
+def test_bf16_activations(cpu_isa, m_path, monkeypatch, bits, K, N, gs, act_order, int_path):
+    # bf16 activations take the integer kernel for 2/4/8 bits ("auto"), or the float kernel ("never").
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", int_path)
     layer, hub = _layer(bits, K, N, gs, act_order, "gptq")
     kgs = F.resolve_group_size(gs, K)
     for M in (1, 4, 16, 40):
         x = torch.randn(2, M, K).to(torch.bfloat16)  # leading batch dim too
+        x[0, 0, : K // 3] *= 1e-4  # leaves residuals for the integer kernel
         ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=kgs, in_features=K, out_features=N)
         y = layer(x)
         assert y.dtype == torch.bfloat16 and y.shape == (2, M, N)
-        assert rel_err(y, ref) < 8e-3  # bf16 output rounding (2^-9) dominates; compute is fp32
-        # bf16 activations are widened exactly and computed in fp32: the only loss is the final rounding
-        assert torch.equal(y, layer(x.float()).to(torch.bfloat16))
+        assert rel_err(y, ref) < 8e-3  # bf16 output rounding (2^-9) dominates; products are exact, sums fp32
+        # bf16 activations are widened exactly, so both kernels agree with the fp32 computation up to the final
+        # rounding: exactly on the float kernel, and within the rounding of a differently ordered sum otherwise.
+        y32 = layer(x.float()).to(torch.bfloat16)
+        if int_path == "never" or m_path == "tiled":
+            assert torch.equal(y, y32)
+        else:
+            ulp = y32.float().abs() * 2.0 ** -7
+            assert torch.all((y.float() - y32.float()).abs() <= ulp + 1e-30)
+
+
+def _bf16_values(t):
+    return t.to(torch.bfloat16).float()
+
+
+@pytest.mark.parametrize("bits,K,N,gs", [c for c in CASES if c[0] in (2, 4, 8)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_integer_kernel_matches_float64_reference(cpu_isa, monkeypatch, bits, K, N, gs, act_order):
+    # The integer kernel, forced for fp32 activations too, checked at fp32 output precision: with bf16-valued
+    # activations every product is exact and the int32 sums are exact, so only the final fp32 sums round.
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "always")
+    monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", "100000")
+    layer, hub = _layer(bits, K, N, gs, act_order, "gptq_v2")
+    kgs = F.resolve_group_size(gs, K)
+    for M in (1, 2, 3, 17):
+        for x in (_bf16_values(torch.randn(M, K)), torch.randn(M, K)):  # bf16 values; arbitrary fp32 values
+            ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=kgs, in_features=K, out_features=N,
+                                   checkpoint_format="gptq_v2")
+            assert rel_err(layer(x), ref) < 2e-6, (M, rel_err(layer(x), ref))
+
+
+def test_integer_kernel_residuals_and_extreme_ranges(cpu_isa, monkeypatch):
+    # Values far below their block's maximum (down to 2^-60 of it) leave residuals; a row of zeros; rows whose
+    # maximum is so small that the block exponent is clamped; a row that mixes 1e30 and 1e-30. Each row must
+    # still match the float64 reference at fp32 precision.
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "always")
+    K, N = 256, 64
+    layer, hub = _layer(4, K, N, 128, True, "gptq")
+    x = torch.randn(6, K)
+    x[0] *= torch.pow(2.0, -torch.randint(0, 60, (K,)).float())
+    x[1] = 0
+    x[2] *= 1e-36
+    x[3, ::7] *= 1e-38
+    x[4, :K // 2] *= 1e30
+    x[4, K // 2:] *= 1e-30
+    x = _bf16_values(x)
+    ref = F.reference_gemm(x.double(), **hub, bits=4, group_size=128, in_features=K, out_features=N)
+    y = layer(x)
+    for m in range(x.shape[0]):
+        if ref[m].norm() == 0:
+            assert torch.all(y[m] == 0)
+        else:
+            assert rel_err(y[m], ref[m]) < 2e-6, (m, rel_err(y[m], ref[m]))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_integer_kernel_non_finite_activations_fall_back(cpu_isa, monkeypatch, bad):
+    # inf/NaN cannot be held in int16: the op computes such calls with the float kernel, whose results are IEEE's.
+    layer, _ = _layer(4, 128, 64, 32, False, "gptq")
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    x[1, 5] = bad
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "auto")
+    y = layer(x)
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "never")
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0, equal_nan=True)
+    assert not torch.isfinite(y[1]).any() and torch.isfinite(y[[0, 2]]).all()
+
+
+def test_int_path_setting_is_validated(monkeypatch):
+    layer, _ = _layer(4, 64, 32, 32, False, "gptq")
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "sometimes")
+    with pytest.raises(RuntimeError, match="SLIMFORMER_CPU_INT_PATH must be 'auto', 'always' or 'never'"):
+        layer(torch.randn(1, 64).to(torch.bfloat16))
 
 
 def test_small_and_large_m_paths_agree(monkeypatch):

@@ -30,6 +30,38 @@ struct DequantArgs {
   int64_t ldo;
 };
 
+// Integer path for bf16 activations (bits 2, 4 and 8: one-word packing units), over column tiles [t0, t1).
+// Each activation row is split per block of up to kI16Block rows of K (blocks never cross a quantization group):
+// x = hi * bscale + lo, where hi is int16 (x rounded to the block's 2^(e-15) grid, e = the exponent of the block's
+// largest |x|) and lo is what the rounding left, exactly representable. The kernel sums hi * q exactly in int32
+// (vpmaddwd) and adds the few nonzero lo * q in fp32. For bf16 inputs lo is nonzero only for elements more than
+// 2^8 below their block's maximum, and every product lo * q is exact, so all products are exact bf16 products.
+//   xq      int32 [M, K/2]  pairs of int16 hi values in the order the kernel reads them (see prepare_rows_i16)
+//   bscale  fp32 [M, NB]    2^(e-15) per block (NB = blocks_i16(w))
+//   xsum    fp32 [M, G]     plain sum of the activations of each group
+//   res_off int32 [M, NB+1] residuals of row m, block b are res_k/res_lo[m * K + res_off[m, b] .. res_off[m, b+1])
+//   res_k   int32 [M, K]    kernel-order row index k of a nonzero lo
+//   res_lo  fp32 [M, K]     that lo
+constexpr int64_t kI16Block = 128;
+inline int64_t i16_blocks_per_group(const TiledWeight& w) {
+  const int64_t gs = w.group_size < w.K ? w.group_size : w.K;
+  return (gs + kI16Block - 1) / kI16Block;
+}
+inline int64_t blocks_i16(const TiledWeight& w) { return w.groups() * i16_blocks_per_group(w); }
+constexpr bool i16_bits(int64_t bits) { return bits == 2 || bits == 4 || bits == 8; }
+
+struct SmallMI16Args {
+  TiledWeight w;
+  const int32_t* xq;
+  const float* bscale;
+  const float* xsum;
+  const int32_t* res_off;
+  const int32_t* res_k;
+  const float* res_lo;
+  float* y;
+  int64_t M, ldy;
+};
+
 // One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
 // (fp32, kernel row order) the way that ISA's small_m_gemm reads them.
 struct CpuKernels {
@@ -37,6 +69,12 @@ struct CpuKernels {
                        float* row_scale);
   void (*small_m_gemm)(const SmallMArgs& a, int64_t t0, int64_t t1);
   void (*dequant_tiles)(const DequantArgs& a, int64_t t0, int64_t t1);
+  // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_off, res_k and res_lo
+  // for rows [m0, m1) of x [M, K] (fp32, kernel row order); it returns false, and the caller must use the float
+  // path, when a row holds a non-finite value.
+  bool (*prepare_rows_i16)(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
+                           float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo);
+  void (*small_m_gemm_i16)(const SmallMI16Args& a, int64_t t0, int64_t t1);
 };
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();

@@ -31,6 +31,11 @@ struct V {
   template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
   static F as_float(I a) { return _mm256_castsi256_ps(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static I zeroi() { return _mm256_setzero_si256(); }
+  static I bcasti(const int32_t* p) { return _mm256_set1_epi32(*p); }
+  static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
+  static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
 };
 }  // namespace avx2_impl
 }  // namespace gptq

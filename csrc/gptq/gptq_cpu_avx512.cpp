@@ -31,6 +31,11 @@ struct V {
   template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
   static F as_float(I a) { return _mm512_castsi512_ps(a); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static I zeroi() { return _mm512_setzero_si512(); }
+  static I bcasti(const int32_t* p) { return _mm512_set1_epi32(*p); }
+  static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
+  static I srlv(I a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
 };
 }  // namespace avx512_impl
 }  // namespace gptq

@@ -5,7 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <string>
 
 #include "common/cpu_isa.h"
 #include "gptq/gptq_cpu.h"
@@ -56,6 +58,48 @@ void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, con
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
 
+// Which activations take the integer kernel (gptq_cpu.h, SmallMI16Args) on the small-M path, for 2/4/8 bits:
+// SLIMFORMER_CPU_INT_PATH=auto (default: bf16 activations), always (fp32 too: correct but slower, since nearly
+// every fp32 value leaves a residual; the tests use it to check the integer kernel at fp32 output precision) or
+// never (the float kernel for everything). Both kernels compute exact bf16 products; they differ only in how the
+// sums are rounded.
+bool use_integer_path(at::ScalarType dtype, int64_t bits) {
+  if (!i16_bits(bits)) return false;
+  const char* s = std::getenv("SLIMFORMER_CPU_INT_PATH");
+  const std::string v = s == nullptr ? "" : s;
+  TORCH_CHECK(v.empty() || v == "auto" || v == "always" || v == "never",
+              "SLIMFORMER_CPU_INT_PATH must be 'auto', 'always' or 'never', got '", v, "'");
+  if (v == "always") return true;
+  if (v == "never") return false;
+  return dtype == at::kBFloat16;
+}
+
+// The integer small-M path; returns false (having written nothing to y) when a row holds inf or NaN.
+bool small_m_i16_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
+  const int64_t M = xf.size(0), K = w.K, G = w.groups(), NB = blocks_i16(w);
+  const auto f32 = xf.options();
+  const auto i32 = xf.options().dtype(at::kInt);
+  at::Tensor xq = at::empty({M, K / 2}, i32);
+  at::Tensor bscale = at::empty({M, NB}, f32);
+  at::Tensor xsum = at::empty({M, G}, f32);
+  at::Tensor res_off = at::empty({M, NB + 1}, i32);
+  at::Tensor res_k = at::empty({M, K}, i32);
+  at::Tensor res_lo = at::empty({M, K}, f32);
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
+    if (!kern.prepare_rows_i16(w, xf.data_ptr<float>(), b, e, xq.data_ptr<int32_t>(), bscale.data_ptr<float>(),
+                               xsum.data_ptr<float>(), res_off.data_ptr<int32_t>(), res_k.data_ptr<int32_t>(),
+                               res_lo.data_ptr<float>()))
+      ok = false;
+  });
+  if (!ok) return false;
+  const SmallMI16Args args{w, xq.data_ptr<int32_t>(), bscale.data_ptr<float>(), xsum.data_ptr<float>(),
+                           res_off.data_ptr<int32_t>(), res_k.data_ptr<int32_t>(), res_lo.data_ptr<float>(),
+                           y.data_ptr<float>(), M, w.N};
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
+  return true;
+}
+
 void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
   const auto fn = kern.dequant_tiles;
   const int64_t n_tiles = w.n_tiles();
@@ -85,10 +129,11 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   at::Tensor y = at::empty({M, out_features}, xf.options());
   if (M > 0) {
     const CpuKernels& kern = kernels_for(active_cpu_isa());
-    if (M < large_m_threshold())
-      small_m_path(xf, w, y, kern);
-    else
+    const bool integer = use_integer_path(x.scalar_type(), bits);
+    if (M >= large_m_threshold())
       large_m_path(xf, w, y, kern);
+    else if (!(integer && small_m_i16_path(xf, w, y, kern)))
+      small_m_path(xf, w, y, kern);
   }
   if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
   return y.to(x.scalar_type()).reshape(output_shape(x, out_features));

@@ -34,6 +34,15 @@ struct V {
     return f;
   }
   static F cvt(I a) { return static_cast<float>(static_cast<int32_t>(a)); }
+  static I zeroi() { return 0u; }
+  static I bcasti(const int32_t* p) { return static_cast<uint32_t>(*p); }
+  static I addi(I a, I b) { return a + b; }  // unsigned wrap-around = two's complement int32 addition
+  static I madd16(I a, I b) {  // vpmaddwd on one 32-bit lane
+    const int32_t lo = int32_t(int16_t(a & 0xFFFFu)) * int32_t(int16_t(b & 0xFFFFu));
+    const int32_t hi = int32_t(int16_t(a >> 16)) * int32_t(int16_t(b >> 16));
+    return static_cast<uint32_t>(lo + hi);
+  }
+  static I srlv(I a, int s) { return a >> s; }
 };
 }  // namespace scalar_impl
 }  // namespace gptq
