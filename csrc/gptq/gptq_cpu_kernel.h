@@ -19,6 +19,7 @@
 // reference to ~1e-6 relative.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -118,6 +119,38 @@ inline typename V::F extract_for_gemm(const int32_t* p) {
     return extract<BITS, R>(p);
 }
 
+// max |x[i]| over n values, as the unsigned max of the bit patterns with the sign cleared (non-negative floats
+// order like their bits); vectorizes, unlike std::fmax. A result >= 0x7F800000 means an inf or NaN was present.
+inline uint32_t abs_max_bits(const float* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, 4);
+    bits &= 0x7FFFFFFFu;
+    m = bits > m ? bits : m;
+  }
+  return m;
+}
+
+// 2^n as a float, for -126 <= n <= 127.
+inline float pow2(int n) {
+  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Sum of n floats in double precision with 8 independent partial sums (a single running sum is one long
+// latency chain: ~7 us per 4096 values).
+inline double sum_double(const float* x, int64_t n) {
+  double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) p[j] += x[i + j];
+  for (; i < n; ++i) p[0] += x[i];
+  return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
 // Activation prescale matching extract_for_gemm, for rows [m0, m1) of x [M, K] (kernel row order):
 //   xs[k] = x[k] * 2^(149 - value_mantissa_shift - c_row), row_scale = 2^c_row   (mantissa extraction), or
 //   xs[k] = x[k] * 2^-value_prescale_shift,                 row_scale = 1        (conversion);
@@ -134,8 +167,9 @@ void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, 
     float factor[UV];
     float normalize = 1.f;  // applied first: 2^(126 - shift - E) itself can exceed the float range
     if constexpr (V::kMantissaExtraction) {
-      float amax = 0.f;
-      for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(xr[k]));
+      const uint32_t amax_bits = abs_max_bits(xr, K);
+      float amax;
+      std::memcpy(&amax, &amax_bits, 4);
       int e = 0;
       if (amax > 0.f && std::isfinite(amax)) std::frexp(amax, &e);  // amax < 2^e
       e = e < -100 ? -100 : (e > 100 ? 100 : e);
@@ -149,10 +183,9 @@ void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, 
     for (int64_t k = 0; k < K; k += UV)
       for (int r = 0; r < UV; ++r) xsr[k + r] = (xr[k + r] * normalize) * factor[r];  // powers of 2: exact
     for (int64_t g = 0; g < G; ++g) {
-      double sum = 0.0;  // the group sum multiplies the zero point: keep it accurate for any group size
+      // The group sum multiplies the zero point: keep it accurate for any group size.
       const int64_t k1 = (g + 1) * gs < K ? (g + 1) * gs : K;
-      for (int64_t k = g * gs; k < k1; ++k) sum += xr[k];
-      xsum[m * G + g] = static_cast<float>(sum);
+      xsum[m * G + g] = static_cast<float>(sum_double(xr + g * gs, k1 - g * gs));
     }
   }
 }
@@ -292,42 +325,53 @@ bool prepare_rows_i16(const TiledWeight& w, const float* x, int64_t m0, int64_t 
     off[0] = 0;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
+      double gsum = 0.0;
       for (int64_t b = 0; b < bpg; ++b) {
         const int64_t k0 = g * gs + b * kI16Block;
         const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;
-        float amax = 0.f;
-        for (int64_t k = k0; k < k1; ++k) {
-          const float a = std::fabs(xr[k]);
-          if (!(a <= 3.4028235e38f)) return false;  // inf or NaN: only the float path propagates them faithfully
-          amax = a > amax ? a : amax;
+        const int64_t n = k1 - k0;
+        const uint32_t amax_bits = abs_max_bits(xr + k0, n);
+        if (amax_bits >= 0x7F800000u) return false;  // inf or NaN: only the float path propagates them faithfully
+        // e with amax < 2^e (frexp's exponent, read off the bits), at least -100 so that 2^(15-e) stays finite;
+        // values of a block that small end up in the residuals.
+        int e = amax_bits == 0 ? 0 : static_cast<int>(amax_bits >> 23) - 126;
+        e = e < -100 ? -100 : e;
+        const float to_grid = pow2(15 - e), grid = pow2(e - 15);
+        bs[g * bpg + b] = grid;
+        float hf[kI16Block], lo[kI16Block];
+        int32_t hi[kI16Block];
+        uint32_t lo_bits[kI16Block];
+        int32_t hsum = 0;  // |sum| < 128 * 2^15
+        for (int64_t i = 0; i < n; ++i) {
+          // |x| * to_grid < 2^15, and amax * to_grid is itself an integer, so |round(.)| <= 2^15 - 1.
+          hf[i] = std::nearbyint(xr[k0 + i] * to_grid);
+          lo[i] = xr[k0 + i] - hf[i] * grid;  // exact: what the 2^(e-15) grid cannot hold of x
+          hi[i] = static_cast<int32_t>(hf[i]);
+          hsum += hi[i];
+          std::memcpy(lo_bits + i, lo + i, 4);
         }
-        int e = 0;
-        if (amax > 0.f) std::frexp(amax, &e);  // amax < 2^e
-        e = e < -100 ? -100 : e;                 // keeps 2^(15-e) finite; smaller values end up in the residuals
-        const float to_grid = std::ldexp(1.0f, 15 - e), grid = std::ldexp(1.0f, e - 15);
-        bs[g * bpg + b] = k0 < k1 ? grid : 0.f;
-        for (int64_t k = k0; k < k1; k += VPW) {
-          int32_t hi[VPW];
-          for (int r = 0; r < VPW; ++r) {
-            float h = std::nearbyint(xr[k + r] * to_grid);  // |h| <= 2^15 - 1: amax * to_grid < 2^15 is an integer
-            h = h > 32767.f ? 32767.f : (h < -32767.f ? -32767.f : h);
-            hi[r] = static_cast<int32_t>(h);
-            const float lo = xr[k + r] - h * grid;  // exact: what the 2^(e-15) grid cannot hold of x
-            if (lo != 0.f) {
-              rk[nres] = static_cast<int32_t>(k + r);
-              rl[nres] = lo;
+        double lsum = 0.0;
+        for (int64_t i0 = 0; i0 < n; i0 += 16) {  // residuals are rare: skip 16 values at a time
+          const int64_t i1 = i0 + 16 < n ? i0 + 16 : n;
+          uint32_t any = 0;
+          for (int64_t i = i0; i < i1; ++i) any |= lo_bits[i];
+          if (any == 0) continue;
+          for (int64_t i = i0; i < i1; ++i)
+            if (lo[i] != 0.f) {
+              rk[nres] = static_cast<int32_t>(k0 + i);
+              rl[nres] = lo[i];
+              lsum += lo[i];
               ++nres;
             }
-          }
-          for (int j = 0; j < VPH; ++j)
-            xqr[k / 2 + j] = static_cast<int32_t>((static_cast<uint32_t>(hi[j]) & 0xFFFFu) |
-                                                  (static_cast<uint32_t>(hi[VPH + j]) << 16));
         }
+        gsum += static_cast<double>(hsum) * grid + lsum;  // the block's exact sum of x, up to lsum's rounding
+        for (int64_t i = 0; i < n; i += VPW)
+          for (int j = 0; j < VPH; ++j)
+            xqr[(k0 + i) / 2 + j] = static_cast<int32_t>((static_cast<uint32_t>(hi[i + j]) & 0xFFFFu) |
+                                                         (static_cast<uint32_t>(hi[i + VPH + j]) << 16));
         off[g * bpg + b + 1] = nres;
       }
-      double sum = 0.0;
-      for (int64_t k = g * gs; k < gend; ++k) sum += xr[k];
-      xsum[m * G + g] = static_cast<float>(sum);
+      xsum[m * G + g] = static_cast<float>(gsum);
     }
   }
   return true;

@@ -77,25 +77,23 @@ bool use_integer_path(at::ScalarType dtype, int64_t bits) {
 // The integer small-M path; returns false (having written nothing to y) when a row holds inf or NaN.
 bool small_m_i16_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
   const int64_t M = xf.size(0), K = w.K, G = w.groups(), NB = blocks_i16(w);
-  const auto f32 = xf.options();
-  const auto i32 = xf.options().dtype(at::kInt);
-  at::Tensor xq = at::empty({M, K / 2}, i32);
-  at::Tensor bscale = at::empty({M, NB}, f32);
-  at::Tensor xsum = at::empty({M, G}, f32);
-  at::Tensor res_off = at::empty({M, NB + 1}, i32);
-  at::Tensor res_k = at::empty({M, K}, i32);
-  at::Tensor res_lo = at::empty({M, K}, f32);
+  // One workspace of 4-byte words (one allocation: at M=1 each ATen allocation is a noticeable share of a call):
+  // xq [M, K/2], res_k [M, K], res_off [M, NB+1] (int32); bscale [M, NB], xsum [M, G], res_lo [M, K] (fp32).
+  const int64_t n_xq = M * (K / 2), n_rk = M * K, n_off = M * (NB + 1), n_bs = M * NB, n_xs = M * G;
+  at::Tensor ws = at::empty({n_xq + n_rk + n_off + n_bs + n_xs + M * K}, xf.options().dtype(at::kInt));
+  int32_t* xq = ws.data_ptr<int32_t>();
+  int32_t* res_k = xq + n_xq;
+  int32_t* res_off = res_k + n_rk;
+  float* bscale = reinterpret_cast<float*>(res_off + n_off);
+  float* xsum = bscale + n_bs;
+  float* res_lo = xsum + n_xs;
+  const float* xp = xf.data_ptr<float>();
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
-    if (!kern.prepare_rows_i16(w, xf.data_ptr<float>(), b, e, xq.data_ptr<int32_t>(), bscale.data_ptr<float>(),
-                               xsum.data_ptr<float>(), res_off.data_ptr<int32_t>(), res_k.data_ptr<int32_t>(),
-                               res_lo.data_ptr<float>()))
-      ok = false;
+    if (!kern.prepare_rows_i16(w, xp, b, e, xq, bscale, xsum, res_off, res_k, res_lo)) ok = false;
   });
   if (!ok) return false;
-  const SmallMI16Args args{w, xq.data_ptr<int32_t>(), bscale.data_ptr<float>(), xsum.data_ptr<float>(),
-                           res_off.data_ptr<int32_t>(), res_k.data_ptr<int32_t>(), res_lo.data_ptr<float>(),
-                           y.data_ptr<float>(), M, w.N};
+  const SmallMI16Args args{w, xq, bscale, xsum, res_off, res_k, res_lo, y.data_ptr<float>(), M, w.N};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
   return true;
 }
