@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   }
   std::mt19937 rng(0);
   std::vector<std::vector<int32_t>> q(o.layers);
-  std::vector<std::vector<float>> sz(o.layers);
+  std::vector<std::vector<uint16_t>> sz(o.layers);
   std::vector<SmallMArgs> args(o.layers);
   const TiledWeight shape{nullptr, nullptr, o.k, o.n, o.bits, std::min(o.group, o.k)};
   std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), row_scale(o.m), y(o.m * o.n);
@@ -132,7 +132,8 @@ int main(int argc, char** argv) {
     q[l].resize(shape.n_tiles() * shape.k_words() * kTileCols);
     for (auto& v : q[l]) v = static_cast<int32_t>(rng());
     sz[l].resize(shape.n_tiles() * shape.groups() * 2 * kTileCols);
-    for (auto& v : sz[l]) v = uni(rng) * 0.01f;
+    for (int64_t i = 0; i < static_cast<int64_t>(sz[l].size()); ++i)  // fp16: scales ~2^-7, zero points 8
+      sz[l][i] = (i / kTileCols) % 2 == 0 ? static_cast<uint16_t>(0x2000u + rng() % 0x400u) : uint16_t{0x4800u};
     TiledWeight w = shape;
     w.qtiles = q[l].data();
     w.scale_zero = sz[l].data();
@@ -140,7 +141,7 @@ int main(int argc, char** argv) {
     args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), res_off.data(), res_k.data(),
                                 res_lo.data(), y.data(), o.m, o.n};
   }
-  const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 8;
+  const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 4;
   struct Path {
     const char* name;
     const CpuKernels& kern;

@@ -155,6 +155,27 @@ def test_empty_batch():
     assert layer(torch.randn(0, 64)).shape == (0, 32)
 
 
+def test_fp16_scales_normal_subnormal_and_extreme(cpu_isa):
+    # The kernel layout keeps scales in fp16; the portable path decodes them in software (half_to_float in
+    # gptq_layout.h, shared with CUDA), the SIMD paths with the conversion instruction. Every kind of fp16 value a
+    # checkpoint may hold must come out exact, subnormals included.
+    K, N = 128, 64
+    hub, _, _ = random_hub_layer(K, N, 4, 32, checkpoint_format="gptq_v2")
+    special = torch.tensor([2.0 ** -24, 3 * 2.0 ** -24, 2.0 ** -15, 1023 * 2.0 ** -24, 2.0 ** -14, 1.0, 65504.0,
+                            -(2.0 ** -20), -1.5], dtype=torch.float16)
+    scales = hub["scales"].clone()
+    scales.view(-1)[: special.numel() * 7].copy_(special.repeat(7))
+    hub["scales"] = scales
+    layer = QuantLinear.from_gptq(**hub, bits=4, group_size=32, checkpoint_format="gptq_v2")
+    W = F.reference_dequantize(**{k: hub[k] for k in ("qweight", "qzeros", "scales", "g_idx")}, bits=4,
+                               group_size=32, in_features=K, out_features=N, checkpoint_format="gptq_v2")
+    assert torch.equal(layer.dequantize().double(), W.t())  # every product here is exact in fp32
+    x = torch.randn(3, K)
+    ref = F.reference_gemm(x.double(), **hub, bits=4, group_size=32, in_features=K, out_features=N,
+                           checkpoint_format="gptq_v2")
+    assert rel_err(layer(x), ref) < 2e-5
+
+
 def test_dequantize_matches_reference(cpu_isa):
     for bits, K, N, gs in [(4, 200, 72, 32), (3, 160, 96, -1)]:
         layer, hub = _layer(bits, K, N, gs, True, "gptq_v2")

@@ -111,8 +111,8 @@ def test_bad_kernel_arguments():
     with pytest.raises(RuntimeError, match="contiguous"):
         op(x, layer.qtiles.transpose(0, 1).contiguous().transpose(0, 1), layer.scale_zero, None, None, 4, 32, 128,
            64)
-    with pytest.raises(RuntimeError, match="scale_zero must be Float"):
-        op(x, layer.qtiles, layer.scale_zero.half(), None, None, 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="scale_zero must be Half"):
+        op(x, layer.qtiles, layer.scale_zero.float(), None, None, 4, 32, 128, 64)
     with pytest.raises(RuntimeError, match="group_size must be positive"):
         op(x, layer.qtiles, layer.scale_zero, None, None, 4, 0, 128, 64)
     with pytest.raises(RuntimeError, match="bias must have shape"):

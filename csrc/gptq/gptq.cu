@@ -53,7 +53,7 @@ __global__ void small_m_gemm_kernel(const void* __restrict__ x, CudaDType xdt, T
   const int64_t col = t * kTileCols + lane;
   const int64_t K = w.K, G = w.groups(), gs = w.group_size;
   const uint32_t* qt = reinterpret_cast<const uint32_t*>(w.qtiles) + t * w.k_words() * kTileCols + lane;
-  const float* sz = w.scale_zero + t * G * 2 * kTileCols + lane;
+  const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols + lane;
   const int64_t worker = static_cast<int64_t>(blockIdx.y) * kWarps + warp;
   const int64_t workers = static_cast<int64_t>(gridDim.y) * kWarps;
 
@@ -82,7 +82,8 @@ __global__ void small_m_gemm_kernel(const void* __restrict__ x, CudaDType xdt, T
           }
         }
       }
-      const float s = sz[g * 2 * kTileCols], szv = sz[g * 2 * kTileCols + kTileCols];
+      const float s = half_to_float(sz[g * 2 * kTileCols]);
+      const float szv = s * half_to_float(sz[g * 2 * kTileCols + kTileCols]);  // scale * zero, exact in fp32
 #pragma unroll
       for (int r = 0; r < kRows; ++r) out[r] += s * acc[r] - szv * xsum[r];
     }
@@ -123,9 +124,10 @@ __global__ void dequantize_kernel(TiledWeight w, void* __restrict__ out, CudaDTy
   const int64_t G = w.groups();
   for (int v = 0; v < UV; ++v) {
     const int64_t k = u * UV + v;
-    const float* szg = w.scale_zero + (t * G + k / w.group_size) * 2 * kTileCols + c;
+    const uint16_t* szg = w.scale_zero + (t * G + k / w.group_size) * 2 * kTileCols + c;
     const float q = static_cast<float>(unpack_value(unit, kTileCols, BITS, v));
-    store_from_float(out, k * w.N + n, q * szg[0] - szg[kTileCols], odt);
+    const float s = half_to_float(szg[0]);
+    store_from_float(out, k * w.N + n, q * s - s * half_to_float(szg[kTileCols]), odt);
   }
 }
 

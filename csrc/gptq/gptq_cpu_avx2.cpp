@@ -31,6 +31,7 @@ struct V {
   template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
   static F as_float(I a) { return _mm256_castsi256_ps(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static F load_half(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I zeroi() { return _mm256_setzero_si256(); }
   static I bcasti(const int32_t* p) { return _mm256_set1_epi32(*p); }
   static I addi(I a, I b) { return _mm256_add_epi32(a, b); }

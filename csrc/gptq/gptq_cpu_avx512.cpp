@@ -31,6 +31,9 @@ struct V {
   template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
   static F as_float(I a) { return _mm512_castsi512_ps(a); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static F load_half(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static I zeroi() { return _mm512_setzero_si512(); }
   static I bcasti(const int32_t* p) { return _mm512_set1_epi32(*p); }
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }

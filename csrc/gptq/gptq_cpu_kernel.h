@@ -3,7 +3,7 @@
 // inside slimformer::gptq::SF_ISA_NS, a struct V:
 //   L (fp32 lanes), MR_MAX (activation rows kept in registers), kMantissaExtraction (read integers as denormal
 //   mantissas, x86 SIMD only), F/I (float/int vectors), as_float (bit cast),
-//   zero, set1, load, store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt.
+//   zero, set1, load, load_half (8/16 fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt.
 //
 // Small-M (decode) design. One task is one 32-column tile; its K x 32 packed weights (64 KiB at K=4096, int4)
 // are streamed from memory once and re-read from L2 for every further block of MR activation rows. For each
@@ -227,7 +227,7 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
   const TiledWeight& w = a.w;
   const int64_t K = w.K, G = w.groups(), gs = w.group_size;
   const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
-  const float* sz = w.scale_zero + t * G * 2 * kTileCols;
+  const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
   const float* xrow[MR];
   for (int mm = 0; mm < MR; ++mm) xrow[mm] = a.xs + (m0 + mm) * K;
 
@@ -258,10 +258,10 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
         }
       });
     }
-    const float* szg = sz + g * 2 * kTileCols;
+    const uint16_t* szg = sz + g * 2 * kTileCols;
     for (int v = 0; v < NV; ++v) {
-      const F scale = V::load(szg + v * L);
-      const F scale_zero = V::load(szg + kTileCols + v * L);
+      const F scale = V::load_half(szg + v * L);
+      const F scale_zero = V::mul(scale, V::load_half(szg + kTileCols + v * L));  // exact
       for (int mm = 0; mm < MR; ++mm) {
         F sum = acc[0][mm][v];
         for (int a2 = 1; a2 < NACC; ++a2) sum = V::add(sum, acc[a2][mm][v]);
@@ -393,7 +393,7 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   const int64_t K = w.K, G = w.groups(), gs = w.group_size < w.K ? w.group_size : w.K;
   const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
   const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
-  const float* sz = w.scale_zero + t * G * 2 * kTileCols;
+  const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
   const int32_t* xq[MR];
   for (int mm = 0; mm < MR; ++mm) xq[mm] = a.xq + (m0 + mm) * (K / 2);
 
@@ -403,7 +403,7 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
 
   for (int64_t g = 0; g < G; ++g) {
     const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
-    const float* szg = sz + g * 2 * kTileCols;
+    const uint16_t* szg = sz + g * 2 * kTileCols;
     for (int64_t b = 0; b < bpg; ++b) {
       const int64_t k0 = g * gs + b * kI16Block;
       if (k0 >= gend) break;
@@ -451,12 +451,12 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
               bsum[v] = V::fma(lo, V::cvt(V::and_(V::srlv(V::loadi(kp + v * L), sh), mask)), bsum[v]);
           }
           for (int v = 0; v < NVS; ++v)
-            out[mm][s0 + v] = V::fma(V::load(szg + (s0 + v) * L), bsum[v], out[mm][s0 + v]);
+            out[mm][s0 + v] = V::fma(V::load_half(szg + (s0 + v) * L), bsum[v], out[mm][s0 + v]);
         }
       }
     }
     for (int v = 0; v < NV; ++v) {
-      const F scale_zero = V::load(szg + kTileCols + v * L);
+      const F scale_zero = V::mul(V::load_half(szg + v * L), V::load_half(szg + kTileCols + v * L));
       for (int mm = 0; mm < MR; ++mm)
         out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
     }
@@ -492,14 +492,14 @@ void dequant_tiles_bits(const DequantArgs& a, int64_t t0, int64_t t1) {
   const int64_t K = w.K, G = w.groups(), gs = w.group_size;
   for (int64_t t = t0; t < t1; ++t) {
     const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
-    const float* sz = w.scale_zero + t * G * 2 * kTileCols;
+    const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
     float* out = a.out + (t - t0) * kTileCols;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t u0 = g * gs / UV;
       const int64_t u1 = (g + 1) * gs < K ? (g + 1) * gs / UV : K / UV;
       for (int v = 0; v < NV; ++v) {
-        const F scale = V::load(sz + g * 2 * kTileCols + v * L);
-        const F scale_zero = V::load(sz + g * 2 * kTileCols + kTileCols + v * L);
+        const F scale = V::load_half(sz + g * 2 * kTileCols + v * L);
+        const F scale_zero = V::mul(scale, V::load_half(sz + g * 2 * kTileCols + kTileCols + v * L));
         for (int64_t u = u0; u < u1; ++u) {
           const int32_t* up = qt + u * UW * kTileCols + v * L;
           static_for<0, UV>([&](auto rc) {

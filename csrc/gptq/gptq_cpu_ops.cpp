@@ -141,7 +141,7 @@ at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale
                                int64_t group_size, int64_t in_features, int64_t out_features) {
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   const int64_t padded = w.n_tiles() * kTileCols;
-  at::Tensor out = at::empty({in_features, padded}, scale_zero.options());
+  at::Tensor out = at::empty({in_features, padded}, scale_zero.options().dtype(at::kFloat));
   const auto fn = kernels_for(active_cpu_isa()).dequant_tiles;
   float* p = out.data_ptr<float>();
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { fn(DequantArgs{w, p + b * kTileCols, padded}, b, e); });

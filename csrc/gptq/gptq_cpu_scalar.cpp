@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "gptq_layout.h"
+
 #define SF_ISA_NS scalar_impl
 namespace slimformer {
 namespace gptq {
@@ -34,6 +36,7 @@ struct V {
     return f;
   }
   static F cvt(I a) { return static_cast<float>(static_cast<int32_t>(a)); }
+  static F load_half(const uint16_t* p) { return half_to_float(*p); }
   static I zeroi() { return 0u; }
   static I bcasti(const int32_t* p) { return static_cast<uint32_t>(*p); }
   static I addi(I a, I b) { return a + b; }  // unsigned wrap-around = two's complement int32 addition

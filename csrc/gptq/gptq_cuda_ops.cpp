@@ -59,7 +59,7 @@ at::Tensor gptq_dequantize_cuda(const at::Tensor& qtiles, const at::Tensor& scal
                                 int64_t group_size, int64_t in_features, int64_t out_features) {
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   const c10::cuda::CUDAGuard guard(qtiles.device());
-  at::Tensor out = at::empty({in_features, out_features}, scale_zero.options());
+  at::Tensor out = at::empty({in_features, out_features}, scale_zero.options().dtype(at::kFloat));
   check_cuda(launch_dequantize(w, out.data_ptr(), CudaDType::kFloat32, c10::cuda::getCurrentCUDAStream()),
              "gptq dequantize kernel");
   return out;

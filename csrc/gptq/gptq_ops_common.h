@@ -23,9 +23,9 @@ inline TiledWeight check_tiled_weight(const at::Tensor& qtiles, const at::Tensor
               "multiple of ", uv, " (or per-channel), got ", group_size);
   TiledWeight w{nullptr, nullptr, in_features, out_features, bits, std::min(group_size, in_features)};
   check_tensor(qtiles, "qtiles", at::kInt, {w.n_tiles(), w.k_words(), kTileCols}, qtiles.device());
-  check_tensor(scale_zero, "scale_zero", at::kFloat, {w.n_tiles(), w.groups(), 2, kTileCols}, qtiles.device());
+  check_tensor(scale_zero, "scale_zero", at::kHalf, {w.n_tiles(), w.groups(), 2, kTileCols}, qtiles.device());
   w.qtiles = qtiles.data_ptr<int32_t>();
-  w.scale_zero = scale_zero.data_ptr<float>();
+  w.scale_zero = reinterpret_cast<const uint16_t*>(scale_zero.data_ptr<at::Half>());
   return w;
 }
 

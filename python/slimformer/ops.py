@@ -37,7 +37,7 @@ if HAS_NATIVE:
 
     @torch.library.register_fake("slimformer::gptq_dequantize")
     def _gptq_dequantize_fake(qtiles, scale_zero, bits, group_size, in_features, out_features):
-        return scale_zero.new_empty((in_features, out_features))
+        return scale_zero.new_empty((in_features, out_features), dtype=torch.float32)
 
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):

@@ -11,7 +11,7 @@ Hub GPTQ layout (AutoGPTQ / GPTQModel / transformers), for a linear layer with K
 
 Kernel layout (csrc/gptq/gptq_cpu.h), shared by the CPU and CUDA kernels:
   qtiles      int32 [ceil(N/32), K * bits / 32, 32]   32-column tiles of the row-packed words
-  scale_zero  fp32  [ceil(N/32), G, 2, 32]            scale and scale * zero
+  scale_zero  fp16  [ceil(N/32), G, 2, 32]            scale and zero (the kernels form scale * zero in fp32)
   perm        int64 [K] or None                       act-order rows sorted by group; x is read as x[..., perm]
 """
 from __future__ import annotations
@@ -188,8 +188,9 @@ def to_kernel_layout(qweight, qzeros, scales, g_idx, *, bits: int, group_size: i
     words = pack_rows(q, bits)
     words = torch.nn.functional.pad(words, (0, pad))
     qtiles = words.reshape(words.shape[0], n_tiles, TILE_COLS).permute(1, 0, 2).contiguous()
-    s = torch.nn.functional.pad(scales.to(torch.float32), (0, pad))
-    sz = torch.nn.functional.pad(scales.to(torch.float32) * zeros, (0, pad))
+    # Zero points are unpacked from fields of at most 8 bits (v1 adds 1): integers <= 256, exact in fp16.
+    s = torch.nn.functional.pad(scales.to(torch.float16), (0, pad))
+    sz = torch.nn.functional.pad(zeros.to(torch.float16), (0, pad))
     G = s.shape[0]
     scale_zero = torch.stack([s, sz], 1).reshape(G, 2, n_tiles, TILE_COLS).permute(2, 0, 1, 3).contiguous()
     return qtiles, scale_zero, perm
@@ -244,9 +245,10 @@ def reference_tiled_dequantize(qtiles, scale_zero, *, bits: int, group_size: int
     words = qtiles.permute(1, 0, 2).reshape(KW, n_tiles * TILE_COLS)
     q = unpack_rows(words.contiguous(), bits, K).to(torch.float32)
     G = scale_zero.shape[1]
-    sz = scale_zero.permute(1, 2, 0, 3).reshape(G, 2, n_tiles * TILE_COLS)
+    sz = scale_zero.permute(1, 2, 0, 3).reshape(G, 2, n_tiles * TILE_COLS).to(torch.float32)
     g = torch.arange(K, device=qtiles.device) // min(group_size, K)
-    W = q * sz[g, 0] - sz[g, 1]
+    s = sz[g, 0]
+    W = q * s - s * sz[g, 1]  # as the kernels: scale * zero is exact in fp32
     return W[:, :N].contiguous()
 
 

@@ -50,7 +50,7 @@ class QuantLinear(nn.Module):
         n_tiles = -(-N // fmt.TILE_COLS)
         self.register_buffer("qtiles", torch.zeros(n_tiles, K * bits // 32, fmt.TILE_COLS, dtype=torch.int32,
                                                    device=device), persistent=False)
-        self.register_buffer("scale_zero", torch.zeros(n_tiles, G, 2, fmt.TILE_COLS, dtype=torch.float32,
+        self.register_buffer("scale_zero", torch.zeros(n_tiles, G, 2, fmt.TILE_COLS, dtype=torch.float16,
                                                        device=device), persistent=False)
         self.register_buffer("perm", None, persistent=False)
         self.register_buffer("qzeros", torch.zeros(G, N * bits // 32, dtype=torch.int32, device=device))
