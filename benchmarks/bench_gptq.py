@@ -240,6 +240,11 @@ def paired_goals(threads: int, rounds: int, layers: int = 16):
     for r in tqdm(range(rounds), desc="paired goal rounds", leave=False):
         for name in names[r % len(names):] + names[:r % len(names)]:
             settle()
+            # One untimed pass first: after the settle pause the cores take several hundred microseconds to come
+            # back to speed (measured: the first calls after a 0.15 s sleep run 1.5-3x slower), which would
+            # otherwise be charged to whichever method runs first, and most to the fastest ones.
+            for i in range(layers):
+                methods[name](i)
             t0 = time.perf_counter()
             for i in range(layers):
                 methods[name](i)

@@ -44,6 +44,10 @@ int64_t large_m_threshold() {
 // between the dequantization and the GEMM that reads it.
 constexpr int64_t kTilesPerChunk = 8;
 
+// Activation rows prepared per thread at least: one row takes 1-3 us at K=4096, less than waking a thread (at
+// M=1 a parallel region would cost more than the work).
+constexpr int64_t kPrepareGrain = 8;
+
 void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
   const int64_t M = xf.size(0), K = w.K, G = w.groups();
   at::Tensor xs = at::empty({M, K}, xf.options());
@@ -53,7 +57,7 @@ void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, con
   float* xsp = xs.data_ptr<float>();
   float* xsump = xsum.data_ptr<float>();
   float* rsp = row_scale.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) { kern.prepare_rows(w, xp, b, e, xsp, xsump, rsp); });
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) { kern.prepare_rows(w, xp, b, e, xsp, xsump, rsp); });
   const SmallMArgs args{w, xsp, xsump, rsp, y.data_ptr<float>(), M, w.N};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
@@ -89,7 +93,7 @@ bool small_m_i16_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y,
   float* res_lo = xsum + n_xs;
   const float* xp = xf.data_ptr<float>();
   std::atomic<bool> ok{true};
-  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
     if (!kern.prepare_rows_i16(w, xp, b, e, xq, bscale, xsum, res_off, res_k, res_lo)) ok = false;
   });
   if (!ok) return false;

@@ -56,8 +56,9 @@ def cpu_features() -> str:
 def gptq_gemm(x, qtiles, scale_zero, perm, bias, bits: int, group_size: int, in_features: int,
               out_features: int) -> torch.Tensor:
     if HAS_NATIVE:
-        return torch.ops.slimformer.gptq_gemm(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features,
-                                              out_features)
+        # The resolved overload, not the packet: saves a Python-level overload lookup on every decode-step call.
+        return torch.ops.slimformer.gptq_gemm.default(x, qtiles, scale_zero, perm, bias, bits, group_size,
+                                                      in_features, out_features)
     _warn_fallback()
     return gptq_format.reference_tiled_gemm(x, qtiles, scale_zero, perm, bias, bits=bits, group_size=group_size,
                                             in_features=in_features, out_features=out_features)

@@ -132,7 +132,8 @@ class QuantLinear(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.gptq_gemm(x, self.qtiles, self.scale_zero, self.perm, self.bias, self.bits,
+        b = self._buffers  # one dict instead of four nn.Module.__getattr__ lookups (a decode step makes many calls)
+        return ops.gptq_gemm(x, b["qtiles"], b["scale_zero"], b["perm"], b["bias"], self.bits,
                              self.kernel_group_size, self.in_features, self.out_features)
 
     def dequantize(self) -> torch.Tensor:
