@@ -50,13 +50,6 @@ struct ClearDenormalsAreZero {
 using ClearDenormalsAreZero = NoFloatEnvironmentChange;
 #endif
 
-// Forces values the compiler holds in registers back to memory (no instruction is emitted).
-inline void compiler_memory_barrier() {
-#if defined(__GNUC__)
-  asm volatile("" ::: "memory");
-#endif
-}
-
 template <int I, int N, class Fn>
 inline void static_for(Fn&& fn) {
   if constexpr (I < N) {
@@ -383,9 +376,6 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   using I = typename V::I;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
-  // Column vectors per sweep over a block: two (16 columns, one 64-byte line of each 128-byte tile row) on AVX2,
-  // so accumulators, words and broadcasts fit in the 16 registers; the second sweep finds its lines in L1.
-  constexpr int NVS = NV;
   constexpr int VPW = 32 / BITS, VPH = VPW / 2;
   constexpr uint32_t mask = (1u << BITS) - 1u;
   constexpr uint32_t mask16 = mask * 0x10001u;
@@ -409,50 +399,46 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
       if (k0 >= gend) break;
       const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;
       const int64_t blk = g * bpg + b;
-      for (int s0 = 0; s0 < NV; s0 += NVS) {
-        I acc[MR][NVS];
+      I acc[MR][NV];
+      for (int mm = 0; mm < MR; ++mm)
+        for (int v = 0; v < NV; ++v) acc[mm][v] = V::zeroi();
+      for (int64_t u = k0 / VPW; u < k1 / VPW; ++u) {
+        const int32_t* up = qt + u * kTileCols;
+        __builtin_prefetch(up + kPrefetchInts);  // the 128-byte tile row kPrefetchInts ahead: two lines
+        __builtin_prefetch(up + kPrefetchInts + 16);
+        // Column-vector outer, value inner: the VPH broadcasts per row stay in registers while each word is
+        // decoded, and only one word is live at a time.
+        I xb[MR][VPH];
         for (int mm = 0; mm < MR; ++mm)
-          for (int v = 0; v < NVS; ++v) acc[mm][v] = V::zeroi();
-        for (int64_t u = k0 / VPW; u < k1 / VPW; ++u) {
-          const int32_t* up = qt + u * kTileCols + s0 * L;
-          if (s0 == 0) {
-            __builtin_prefetch(up + kPrefetchInts);
-            __builtin_prefetch(up + kPrefetchInts + 16);
-          }
-          // Column-vector outer, value inner: the VPH broadcasts per row stay in registers while each word is
-          // decoded, and only one word is live at a time.
-          I xb[MR][VPH];
-          for (int mm = 0; mm < MR; ++mm)
-            for (int j = 0; j < VPH; ++j) xb[mm][j] = V::bcasti(xq[mm] + u * VPH + j);
-          for (int v = 0; v < NVS; ++v) {
-            const I wv = V::loadi(up + v * L);
+          for (int j = 0; j < VPH; ++j) xb[mm][j] = V::bcasti(xq[mm] + u * VPH + j);
+        for (int v = 0; v < NV; ++v) {
+          const I wv = V::loadi(up + v * L);
 #pragma GCC unroll 16
-            for (int j = 0; j < VPH; ++j) {
-              const I d = V::and_(V::srlv(wv, BITS * j), mask16);
-              for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm][j]));
-            }
+          for (int j = 0; j < VPH; ++j) {
+            const I d = V::and_(V::srlv(wv, BITS * j), mask16);
+            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm][j]));
           }
         }
-        for (int mm = 0; mm < MR; ++mm) {
-          const F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
-          F bsum[NVS];
-          for (int v = 0; v < NVS; ++v) bsum[v] = V::mul(V::cvt(acc[mm][v]), grid);
-          // Residuals: the few activations the int16 grid could not hold exactly, times their weights, in fp32
-          // (conversion, not mantissa extraction: no denormal operands, no dependence on MXCSR.DAZ).
-          const int32_t* off = a.res_off + (m0 + mm) * (NB + 1);
-          const int32_t* rk = a.res_k + (m0 + mm) * K;
-          const float* rl = a.res_lo + (m0 + mm) * K;
-          for (int32_t i = off[blk]; i < off[blk + 1]; ++i) {
-            const int32_t k = rk[i];
-            const F lo = V::bcast(rl + i);
-            const int32_t* kp = qt + (k / VPW) * kTileCols + s0 * L;
-            const int sh = BITS * (k % VPW);
-            for (int v = 0; v < NVS; ++v)
-              bsum[v] = V::fma(lo, V::cvt(V::and_(V::srlv(V::loadi(kp + v * L), sh), mask)), bsum[v]);
-          }
-          for (int v = 0; v < NVS; ++v)
-            out[mm][s0 + v] = V::fma(V::load_half(szg + (s0 + v) * L), bsum[v], out[mm][s0 + v]);
+      }
+      for (int mm = 0; mm < MR; ++mm) {
+        const F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
+        F bsum[NV];
+        for (int v = 0; v < NV; ++v) bsum[v] = V::mul(V::cvt(acc[mm][v]), grid);
+        // Residuals: the few activations the int16 grid could not hold exactly, times their weights, in fp32
+        // (weights converted, not read as denormals, so this needs no MXCSR change).
+        const int32_t* off = a.res_off + (m0 + mm) * (NB + 1);
+        const int32_t* rk = a.res_k + (m0 + mm) * K;
+        const float* rl = a.res_lo + (m0 + mm) * K;
+        for (int32_t i = off[blk]; i < off[blk + 1]; ++i) {
+          const int32_t k = rk[i];
+          const F lo = V::bcast(rl + i);
+          const int32_t* kp = qt + (k / VPW) * kTileCols;
+          const int sh = BITS * (k % VPW);
+          for (int v = 0; v < NV; ++v)
+            bsum[v] = V::fma(lo, V::cvt(V::and_(V::srlv(V::loadi(kp + v * L), sh), mask)), bsum[v]);
         }
+        for (int v = 0; v < NV; ++v)
+          out[mm][v] = V::fma(V::load_half(szg + v * L), bsum[v], out[mm][v]);
       }
     }
     for (int v = 0; v < NV; ++v) {
