@@ -37,6 +37,31 @@ def test_state_dict_is_hub_layout_and_round_trips(act_order, cf):
     assert fresh.extra_repr() == layer.extra_repr()
 
 
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "to_bf16", "to_cpu_bf16"])
+def test_dtype_casts_of_the_model_leave_the_quantized_tensors_alone(cast):
+    # model.half() / model.to(torch.bfloat16) on a model holding QuantLinear layers: the GPTQ tensors (integers,
+    # fp16 scales, the kernel layout) must keep their dtypes and values, and the layer then runs in that dtype.
+    hub, _, _ = random_hub_layer(256, 64, 4, 64, act_order=True, checkpoint_format="gptq")
+    layer = QuantLinear.from_gptq(**hub, bits=4, group_size=64)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), layer)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    kernel = {k: v.clone() for k, v in layer._buffers.items() if v is not None}
+    x = torch.randn(3, 256)
+    y_ref = layer(x)
+    {"half": lambda: model.half(), "bfloat16": lambda: model.bfloat16(), "double": lambda: model.double(),
+     "to_bf16": lambda: model.to(torch.bfloat16), "to_cpu_bf16": lambda: model.to("cpu", torch.bfloat16)}[cast]()
+    assert model[0].weight.dtype != torch.float32  # the dense layer was cast
+    for k, v in layer._buffers.items():
+        if v is not None:
+            assert v.dtype == kernel[k].dtype and torch.equal(v, kernel[k]), k
+    for k, v in layer.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert torch.equal(layer(x), y_ref)
+    if cast in ("bfloat16", "to_bf16", "to_cpu_bf16"):
+        yb = layer(x.bfloat16())
+        assert yb.dtype == torch.bfloat16 and rel_err(yb, y_ref) < 8e-3
+
+
 def test_from_linear_rtn_close_to_dense():
     lin = torch.nn.Linear(256, 128)
     for bits, tol in ((4, 0.12), (3, 0.25)):

@@ -130,6 +130,23 @@ class QuantLinear(nn.Module):
         self.qtiles, self.scale_zero = qtiles.to(dev), scale_zero.to(dev)
         self.perm = perm.to(dev) if perm is not None else None
 
+    # ------------------------------------------------------------------------------------------------ devices
+    def _apply(self, fn, recurse=True):
+        """Device moves apply to every tensor; dtype casts do not. `model.half()`, `model.to(torch.bfloat16)` and
+        the like would otherwise cast the fp16 scales (and the kernel layout's fp16 scale/zero pairs) to another
+        float type, which the kernels reject and a checkpoint must not hold; the layer takes activations of any
+        supported dtype as they are."""
+        if self._parameters:  # QuantLinear registers none; a subclass that adds some must handle them here
+            raise RuntimeError("QuantLinear holds no parameters")
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                moved = fn(buf)
+                self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(device=moved.device)
+        return self
+
     # ------------------------------------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self._buffers  # one dict instead of four nn.Module.__getattr__ lookups (a decode step makes many calls)
