@@ -206,10 +206,15 @@ def test_peak_memory_grows_with_one_block_not_depth(tmp_path, mode):
     script.write_text(_MEMORY_SCRIPT.format(tests=os.path.dirname(__file__)))
     growth = {}
     for depth in (2, 8):
-        run = subprocess.run([sys.executable, str(script), str(depth), mode], capture_output=True, text=True,
-                             timeout=300)
-        assert run.returncode == 0, run.stderr[-2000:]
-        growth[depth] = json.loads(run.stdout.strip().splitlines()[-1])["growth"]
+        # The least of two runs: allocator noise (arenas, fragmentation) only ever adds to the peak, and single
+        # runs of the same depth were seen 25 MiB apart (asym, depth 8: 83-108 MiB).
+        samples = []
+        for _ in range(2):
+            run = subprocess.run([sys.executable, str(script), str(depth), mode], capture_output=True, text=True,
+                                 timeout=300)
+            assert run.returncode == 0, run.stderr[-2000:]
+            samples.append(json.loads(run.stdout.strip().splitlines()[-1])["growth"])
+        growth[depth] = min(samples)
     copy = 16 * 512 * 256 * 4
     assert growth[2] > copy  # the measurement sees at least the activations of one block
     # keeping every block's activations would add >= 6 copies; allocator noise between runs is ~1 copy
