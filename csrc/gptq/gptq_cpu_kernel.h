@@ -268,22 +268,25 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
   store_tile<MR>(out, a.y, a.ldy, t, w.N, m0);
 }
 
-template <int BITS, int MR>
-void small_m_rows(const SmallMArgs& a, int64_t t, int64_t m0, int64_t rows) {
+// Calls fn(std::integral_constant<int, MR>{}, m0) for the activation rows [0, M) in blocks of V::MR_MAX rows, the
+// last block with its actual row count as the compile-time MR (the small-M kernels keep MR rows in registers).
+template <int MR, class Fn>
+inline void with_rows(int64_t rows, int64_t m0, Fn&& fn) {
   if constexpr (MR > 1) {
-    if (rows < MR) return small_m_rows<BITS, MR - 1>(a, t, m0, rows);
+    if (rows < MR) return with_rows<MR - 1>(rows, m0, fn);
   }
-  small_m_tile<BITS, MR>(a, t, m0);
+  fn(std::integral_constant<int, MR>{}, m0);
+}
+template <class Fn>
+inline void for_row_blocks(int64_t M, Fn&& fn) {
+  for (int64_t m0 = 0; m0 < M; m0 += V::MR_MAX) with_rows<V::MR_MAX>(M - m0 < V::MR_MAX ? M - m0 : V::MR_MAX, m0, fn);
 }
 
 template <int BITS>
 void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
   [[maybe_unused]] std::conditional_t<V::kMantissaExtraction, ClearDenormalsAreZero, NoFloatEnvironmentChange> env;
   for (int64_t t = t0; t < t1; ++t)
-    for (int64_t m0 = 0; m0 < a.M; m0 += V::MR_MAX) {
-      const int64_t rows = a.M - m0 < V::MR_MAX ? a.M - m0 : V::MR_MAX;
-      small_m_rows<BITS, V::MR_MAX>(a, t, m0, rows);
-    }
+    for_row_blocks(a.M, [&](auto mr, int64_t m0) { small_m_tile<BITS, decltype(mr)::value>(a, t, m0); });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -450,21 +453,10 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   store_tile<MR>(out, a.y, a.ldy, t, w.N, m0);
 }
 
-template <int BITS, int MR>
-void small_m_rows_i16(const SmallMI16Args& a, int64_t t, int64_t m0, int64_t rows) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return small_m_rows_i16<BITS, MR - 1>(a, t, m0, rows);
-  }
-  small_m_tile_i16<BITS, MR>(a, t, m0);
-}
-
 template <int BITS>
 void small_m_gemm_i16_bits(const SmallMI16Args& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t)
-    for (int64_t m0 = 0; m0 < a.M; m0 += V::MR_MAX) {
-      const int64_t rows = a.M - m0 < V::MR_MAX ? a.M - m0 : V::MR_MAX;
-      small_m_rows_i16<BITS, V::MR_MAX>(a, t, m0, rows);
-    }
+    for_row_blocks(a.M, [&](auto mr, int64_t m0) { small_m_tile_i16<BITS, decltype(mr)::value>(a, t, m0); });
 }
 
 template <int BITS>
