@@ -37,6 +37,7 @@ struct V {
   static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
   static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
   static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
+  template <int S> static I srl16(I a) { return _mm256_srli_epi16(a, S); }
 };
 }  // namespace avx2_impl
 }  // namespace gptq

@@ -39,6 +39,7 @@ struct V {
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
   static I srlv(I a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
+  template <int S> static I srl16(I a) { return _mm512_srli_epi16(a, S); }
 };
 }  // namespace avx512_impl
 }  // namespace gptq

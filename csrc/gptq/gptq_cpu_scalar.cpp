@@ -46,6 +46,7 @@ struct V {
     return static_cast<uint32_t>(lo + hi);
   }
   static I srlv(I a, int s) { return a >> s; }
+  template <int S> static I srl16(I a) { return (a >> S) & ((0xFFFFu >> S) * 0x10001u); }  // each half
 };
 }  // namespace scalar_impl
 }  // namespace gptq
