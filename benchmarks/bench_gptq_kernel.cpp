@@ -137,9 +137,10 @@ int main(int argc, char** argv) {
     TiledWeight w = shape;
     w.qtiles = q[l].data();
     w.scale_zero = sz[l].data();
-    args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), y.data(), o.m, o.n};
+    const KernelOutput out{y.data(), false, nullptr, o.n};
+    args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), out, o.m};
     args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), res_off.data(), res_k.data(),
-                                res_lo.data(), y.data(), o.m, o.n};
+                                res_lo.data(), out, o.m};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 4;
   struct Path {
@@ -164,11 +165,11 @@ int main(int argc, char** argv) {
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
     double ms = 0;
     if (integer) {
-      p.kern.prepare_rows_i16(shape, x.data(), 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
+      p.kern.prepare_rows_i16(shape, KernelInput{x.data(), false}, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
                               res_k.data(), res_lo.data());
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
     } else {
-      p.kern.prepare_rows(shape, x.data(), 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
+      p.kern.prepare_rows(shape, KernelInput{x.data(), false}, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
       ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
     }
     const std::string name = std::string(p.name) + (integer ? "-i16" : "");

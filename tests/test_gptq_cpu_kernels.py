@@ -213,3 +213,63 @@ def test_activation_magnitudes(cpu_isa, scale):
             assert torch.all(y[m] == 0)
         else:
             assert rel_err(y[m], ref[m]) < 2e-5, (m, rel_err(y[m], ref[m]))
+
+
+def _two_hot_layer(pairs, K=64, bits=4):
+    """Per-channel layer with scale 1 and zero 0 whose column n is x[a] + x[b] for pairs[n] = (a, b); columns are
+    padded with copies of the last pair to a multiple of 8 (qzeros packs along the columns)."""
+    pairs = pairs + [pairs[-1]] * (-len(pairs) % 8)
+    N = len(pairs)
+    q = torch.zeros(K, N, dtype=torch.int32)
+    for n, (a, b) in enumerate(pairs):
+        q[a, n] += 1
+        q[b, n] += 1
+    zeros = torch.zeros(1, N, dtype=torch.int32)
+    return QuantLinear.from_gptq(F.pack_rows(q, bits), F.qzeros_from_zeros(zeros, bits, "gptq_v2"),
+                                 torch.ones(1, N, dtype=torch.float16), F.default_g_idx(K, K), bits=bits,
+                                 group_size=-1, checkpoint_format="gptq_v2")
+
+
+def _two_hot_expected(x, pairs):
+    xf = x.float()[0]
+    return (xf[[a for a, _ in pairs]] + xf[[b for _, b in pairs]]).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("int_path", ["always", "never"])
+def test_bf16_output_rounds_like_torch(cpu_isa, monkeypatch, int_path):
+    # The small-M kernels write bf16 results themselves: fp32 sums x[a] + x[b] chosen to land exactly on the ties
+    # of bf16 rounding (to even, both ways) and just beside them must round as torch's own fp32 -> bf16
+    # conversion does. 40 columns: the second tile is partial.
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", int_path)
+    vals = [1.0, 2.0 ** -8, 1.0 + 2.0 ** -7, 2.0 ** -9, 2.0 ** -16, -1.0, -(2.0 ** -8), 3.0, 2.0 ** -6 + 2.0 ** -8,
+            0.0, 2.0 ** 66, 2.0 ** 58 + 2.0 ** 51]
+    x = torch.tensor([vals + [0.0] * (64 - len(vals))], dtype=torch.bfloat16)
+    assert torch.equal(x.float()[0, :len(vals)], torch.tensor(vals))  # every value is a bf16 value
+    pairs = [(0, 1), (2, 1), (0, 3), (2, 3), (0, 4), (5, 6), (7, 8), (0, 9), (9, 9), (10, 11), (10, 1)]
+    pairs = (pairs * 4)[:40]
+    y = _two_hot_layer(pairs)(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (1, 40)
+    torch.testing.assert_close(y[0], _two_hot_expected(x, pairs), rtol=0, atol=0)
+    assert y[0, 0] == 1.0 and y[0, 1] == 1.0 + 2.0 ** -6  # the ties: down to even, up to even
+
+
+def test_bf16_output_rounds_to_inf(cpu_isa, monkeypatch):
+    # The largest bf16 plus half its ulp is finite in fp32 and a tie that rounds (to even) to inf in bf16. Integer
+    # kernel only: the float kernel's prescale limits rows to |x| < 2^100 (prepare_rows in gptq_cpu_kernel.h).
+    monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "always")
+    big = torch.finfo(torch.bfloat16).max
+    x = torch.tensor([[big, 2.0 ** 119, 1.0] + [0.0] * 61], dtype=torch.bfloat16)
+    pairs = [(0, 1), (0, 2)]
+    y = _two_hot_layer(pairs)(x)
+    torch.testing.assert_close(y[0], _two_hot_expected(x, pairs + [pairs[-1]] * 6), rtol=0, atol=0)
+    assert y[0, 0] == float("inf") and y[0, 1] == big
+
+
+def test_bf16_output_non_finite(cpu_isa):
+    # inf activations give NaN/inf sums (inf * 0 weights are NaN, as in a dense fp32 GEMM); the bf16 output holds
+    # them exactly as converting the fp32 output would.
+    layer = _two_hot_layer([(0, 1), (0, 2), (3, 3)])
+    x = torch.tensor([[float("inf"), 5.0, 1.0, 2.0] + [0.0] * 60], dtype=torch.bfloat16)
+    y = layer(x)
+    torch.testing.assert_close(y, layer(x.float()).to(torch.bfloat16), rtol=0, atol=0, equal_nan=True)
+    assert not torch.isfinite(y).any()

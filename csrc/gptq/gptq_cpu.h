@@ -9,18 +9,33 @@
 namespace slimformer {
 namespace gptq {
 
+// Activations as the op receives them: x [M, K] in kernel row order, fp32 or bf16 (bit patterns). The prepare
+// functions read bf16 directly (widening is exact), so a bf16 call needs no converted copy of x.
+struct KernelInput {
+  const void* data;
+  bool bf16;
+};
+
+// Where a small-M kernel writes the columns of its tiles (columns >= N are skipped): y [M, ld] in fp32, or in bf16
+// rounded to nearest even (as torch rounds) when bf16 is set, after adding bias (fp32 [N], optional).
+struct KernelOutput {
+  void* data;
+  bool bf16;
+  const float* bias;
+  int64_t ld;
+};
+
 // Small-M (decode) GEMM over column tiles [t0, t1).
 //   xs   fp32 [M, K]  activations in kernel row order, prescaled for the ISA's extraction by its prepare_rows
 //   xsum fp32 [M, G]  plain (unscaled) sum of the activations of each group
-//   y    fp32 [M, ldy] columns of the tiles are written (columns >= N are skipped)
 //   row_scale fp32 [M]  per-row factor the group sums are multiplied by (see prepare_rows in gptq_cpu_kernel.h)
 struct SmallMArgs {
   TiledWeight w;
   const float* xs;
   const float* xsum;
   const float* row_scale;
-  float* y;
-  int64_t M, ldy;
+  KernelOutput y;
+  int64_t M;
 };
 
 // Dequantizes column tiles [t0, t1) into out fp32 [K, ldo], tile t0 landing at column 0.
@@ -58,21 +73,21 @@ struct SmallMI16Args {
   const int32_t* res_off;
   const int32_t* res_k;
   const float* res_lo;
-  float* y;
-  int64_t M, ldy;
+  KernelOutput y;
+  int64_t M;
 };
 
 // One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
-// (fp32, kernel row order) the way that ISA's small_m_gemm reads them.
+// (kernel row order) the way that ISA's small_m_gemm reads them.
 struct CpuKernels {
-  void (*prepare_rows)(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, float* xs, float* xsum,
+  void (*prepare_rows)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, float* xs, float* xsum,
                        float* row_scale);
   void (*small_m_gemm)(const SmallMArgs& a, int64_t t0, int64_t t1);
   void (*dequant_tiles)(const DequantArgs& a, int64_t t0, int64_t t1);
   // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_off, res_k and res_lo
-  // for rows [m0, m1) of x [M, K] (fp32, kernel row order); it returns false, and the caller must use the float
-  // path, when a row holds a non-finite value.
-  bool (*prepare_rows_i16)(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
+  // for rows [m0, m1) of x [M, K] (kernel row order); it returns false, and the caller must use the float path,
+  // when a row holds a non-finite value.
+  bool (*prepare_rows_i16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
                            float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo);
   void (*small_m_gemm_i16)(const SmallMI16Args& a, int64_t t0, int64_t t1);
 };

@@ -126,6 +126,14 @@ inline uint32_t abs_max_bits(const float* x, int64_t n) {
   }
   return m;
 }
+inline uint32_t abs_max_bits(const uint16_t* x, int64_t n) {  // bf16: the same on the widened bit patterns
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(x[i] & 0x7FFFu) << 16;
+    m = bits > m ? bits : m;
+  }
+  return m;
+}
 
 // 2^n as a float, for -126 <= n <= 127.
 inline float pow2(int n) {
@@ -135,14 +143,38 @@ inline float pow2(int n) {
   return f;
 }
 
+// Activation element i of a row as fp32: bf16 widens exactly by a 16-bit shift.
+inline float load_x(const float* x, int64_t i) { return x[i]; }
+inline float load_x(const uint16_t* x, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Calls fn(p) with p pointing at the input as float (fp32 input) or uint16_t (bf16 bit patterns).
+template <class Fn>
+inline auto with_input(KernelInput x, Fn&& fn) {
+  return x.bf16 ? fn(static_cast<const uint16_t*>(x.data)) : fn(static_cast<const float*>(x.data));
+}
+
+// fp32 -> bf16 bit pattern, rounding to nearest even; NaN becomes the canonical quiet NaN (as c10::BFloat16 does).
+inline uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
 // Sum of n floats in double precision with 8 independent partial sums (a single running sum is one long
 // latency chain: ~7 us per 4096 values).
-inline double sum_double(const float* x, int64_t n) {
+template <class T>
+inline double sum_double(const T* x, int64_t n) {
   double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) p[j] += x[i + j];
-  for (; i < n; ++i) p[0] += x[i];
+    for (int j = 0; j < 8; ++j) p[j] += load_x(x, i + j);
+  for (; i < n; ++i) p[0] += load_x(x, i);
   return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
@@ -151,13 +183,13 @@ inline double sum_double(const float* x, int64_t n) {
 //   xs[k] = x[k] * 2^-value_prescale_shift,                 row_scale = 1        (conversion);
 // xsum = plain per-group sums. c_row = 23 + E with max|x_row| <= 2^E keeps xs below 2^127 and the products
 // x * q * 2^-c_row normal floats. E is clamped to [-100, 100]: rows beyond 2^100 overflow to inf, like fp32 would.
-template <int BITS>
-void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, float* xs, float* xsum,
+template <int BITS, class T>
+void prepare_rows(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, float* xs, float* xsum,
                   float* row_scale) {
   constexpr int UV = unit_values(BITS);
   const int64_t K = w.K, G = w.groups(), gs = w.group_size;
   for (int64_t m = m0; m < m1; ++m) {
-    const float* xr = x + m * K;
+    const T* xr = x + m * K;
     float* xsr = xs + m * K;
     float factor[UV];
     float normalize = 1.f;  // applied first: 2^(126 - shift - E) itself can exceed the float range
@@ -176,7 +208,7 @@ void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, 
       row_scale[m] = 1.f;
     }
     for (int64_t k = 0; k < K; k += UV)
-      for (int r = 0; r < UV; ++r) xsr[k + r] = (xr[k + r] * normalize) * factor[r];  // powers of 2: exact
+      for (int r = 0; r < UV; ++r) xsr[k + r] = (load_x(xr, k + r) * normalize) * factor[r];  // powers of 2: exact
     for (int64_t g = 0; g < G; ++g) {
       // The group sum multiplies the zero point: keep it accurate for any group size.
       const int64_t k1 = (g + 1) * gs < K ? (g + 1) * gs : K;
@@ -188,21 +220,33 @@ void prepare_rows(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, 
 // Software prefetch distance into the tile's weight stream.
 constexpr int kPrefetchInts = 2048;  // 8 KiB: best of 2, 4 and 8 KiB on a 2-core Zen 3 EPYC
 
-// Writes rows [m0, m0 + MR) of column tile t (columns >= N are dropped).
+// Writes rows [m0, m0 + MR) of column tile t (columns >= N are dropped), bias added, in y's dtype.
 template <int MR>
-inline void store_tile(const typename V::F (&out)[MR][kTileCols / V::L], float* y, int64_t ldy, int64_t t, int64_t N,
+inline void store_tile(typename V::F (&out)[MR][kTileCols / V::L], const KernelOutput& y, int64_t t, int64_t N,
                        int64_t m0) {
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
   const int64_t n0 = t * kTileCols;
   const int64_t ncols = N - n0 < kTileCols ? N - n0 : kTileCols;
+  if (y.bias != nullptr) {
+    alignas(64) float b[kTileCols] = {};
+    for (int64_t c = 0; c < ncols; ++c) b[c] = y.bias[n0 + c];
+    for (int mm = 0; mm < MR; ++mm)
+      for (int v = 0; v < NV; ++v) out[mm][v] = V::add(out[mm][v], V::load(b + v * L));
+  }
   for (int mm = 0; mm < MR; ++mm) {
-    float* yrow = y + (m0 + mm) * ldy + n0;
-    if (ncols == kTileCols) {
-      for (int v = 0; v < NV; ++v) V::store(yrow + v * L, out[mm][v]);
+    const int64_t off = (m0 + mm) * y.ld + n0;
+    if (!y.bf16 && ncols == kTileCols) {
+      for (int v = 0; v < NV; ++v) V::store(static_cast<float*>(y.data) + off + v * L, out[mm][v]);
+      continue;
+    }
+    alignas(64) float tmp[kTileCols];
+    for (int v = 0; v < NV; ++v) V::store(tmp + v * L, out[mm][v]);
+    if (y.bf16) {
+      uint16_t* yrow = static_cast<uint16_t*>(y.data) + off;
+      for (int64_t c = 0; c < ncols; ++c) yrow[c] = float_to_bf16(tmp[c]);
     } else {
-      alignas(64) float tmp[kTileCols];
-      for (int v = 0; v < NV; ++v) V::store(tmp + v * L, out[mm][v]);
+      float* yrow = static_cast<float*>(y.data) + off;
       for (int64_t c = 0; c < ncols; ++c) yrow[c] = tmp[c];
     }
   }
@@ -267,7 +311,7 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
     }
   }
 
-  store_tile<MR>(out, a.y, a.ldy, t, w.N, m0);
+  store_tile<MR>(out, a.y, t, w.N, m0);
 }
 
 // Calls fn(std::integral_constant<int, MR>{}, m0) for the activation rows [0, M) in blocks of V::MR_MAX rows, the
@@ -306,14 +350,14 @@ void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
 // (x[j], x[VPH+j]) multiplies both: no repacking of the weights.
 
 // Rows [m0, m1): splits each activation block into int16 hi values and exact residuals (see gptq_cpu.h).
-template <int BITS>
-bool prepare_rows_i16(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
+template <int BITS, class T>
+bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
                       float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
   constexpr int VPW = 32 / BITS, VPH = VPW / 2;
   const int64_t K = w.K, G = w.groups(), gs = w.group_size < w.K ? w.group_size : w.K;
   const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
   for (int64_t m = m0; m < m1; ++m) {
-    const float* xr = x + m * K;
+    const T* xr = x + m * K;
     int32_t* xqr = xq + m * (K / 2);
     float* bs = bscale + m * NB;
     int32_t* off = res_off + m * (NB + 1);
@@ -342,8 +386,9 @@ bool prepare_rows_i16(const TiledWeight& w, const float* x, int64_t m0, int64_t 
         int32_t hsum = 0;  // |sum| < 128 * 2^15
         for (int64_t i = 0; i < n; ++i) {
           // |x| * to_grid < 2^15, and amax * to_grid is itself an integer, so |round(.)| <= 2^15 - 1.
-          hf[i] = std::nearbyint(xr[k0 + i] * to_grid);
-          lo[i] = xr[k0 + i] - hf[i] * grid;  // exact: what the 2^(e-15) grid cannot hold of x
+          const float xv = load_x(xr, k0 + i);
+          hf[i] = std::nearbyint(xv * to_grid);
+          lo[i] = xv - hf[i] * grid;  // exact: what the 2^(e-15) grid cannot hold of x
           hi[i] = static_cast<int32_t>(hf[i]);
           hsum += hi[i];
           std::memcpy(lo_bits + i, lo + i, 4);
@@ -462,7 +507,7 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
         out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
     }
   }
-  store_tile<MR>(out, a.y, a.ldy, t, w.N, m0);
+  store_tile<MR>(out, a.y, t, w.N, m0);
 }
 
 template <int BITS>
@@ -521,9 +566,9 @@ struct SmallMGemm {
 };
 template <int BITS>
 struct PrepareRows {
-  static void run(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, float* xs, float* xsum,
+  static void run(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, float* xs, float* xsum,
                   float* row_scale) {
-    prepare_rows<BITS>(w, x, m0, m1, xs, xsum, row_scale);
+    with_input(x, [&](const auto* p) { prepare_rows<BITS>(w, p, m0, m1, xs, xsum, row_scale); });
   }
 };
 template <int BITS>
@@ -531,7 +576,7 @@ struct DequantTiles {
   static void run(const DequantArgs& a, int64_t t0, int64_t t1) { dequant_tiles_bits<BITS>(a, t0, t1); }
 };
 
-inline void prepare_rows_any(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, float* xs, float* xsum,
+inline void prepare_rows_any(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, float* xs, float* xsum,
                              float* row_scale) {
   dispatch_bits<PrepareRows>(w.bits, w, x, m0, m1, xs, xsum, row_scale);
 }
@@ -543,9 +588,12 @@ inline void dequant_tiles_any(const DequantArgs& a, int64_t t0, int64_t t1) {
 }
 template <int BITS>
 struct PrepareRowsI16 {
-  static void run(bool* ok, const TiledWeight& w, const float* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
+  static void run(bool* ok, const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
                   float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
-    if constexpr (i16_bits(BITS)) *ok = prepare_rows_i16<BITS>(w, x, m0, m1, xq, bscale, xsum, res_off, res_k, res_lo);
+    if constexpr (i16_bits(BITS))
+      *ok = with_input(x, [&](const auto* p) {
+        return prepare_rows_i16<BITS>(w, p, m0, m1, xq, bscale, xsum, res_off, res_k, res_lo);
+      });
   }
 };
 template <int BITS>
@@ -554,7 +602,7 @@ struct SmallMGemmI16 {
     if constexpr (i16_bits(BITS)) small_m_gemm_i16_bits<BITS>(a, t0, t1);
   }
 };
-inline bool prepare_rows_i16_any(const TiledWeight& w, const float* x, int64_t m0, int64_t m1, int32_t* xq,
+inline bool prepare_rows_i16_any(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq,
                                  float* bscale, float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
   bool ok = false;  // bits without an integer path: the caller falls back to the float path
   dispatch_bits<PrepareRowsI16>(w.bits, &ok, w, x, m0, m1, xq, bscale, xsum, res_off, res_k, res_lo);

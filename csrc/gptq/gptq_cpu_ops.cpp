@@ -48,17 +48,18 @@ constexpr int64_t kTilesPerChunk = 8;
 // M=1 a parallel region would cost more than the work).
 constexpr int64_t kPrepareGrain = 8;
 
-void small_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
-  const int64_t M = xf.size(0), K = w.K, G = w.groups();
-  at::Tensor xs = at::empty({M, K}, xf.options());
-  at::Tensor xsum = at::empty({M, G}, xf.options());
-  at::Tensor row_scale = at::empty({M}, xf.options());
-  const float* xp = xf.data_ptr<float>();
-  float* xsp = xs.data_ptr<float>();
-  float* xsump = xsum.data_ptr<float>();
-  float* rsp = row_scale.data_ptr<float>();
-  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) { kern.prepare_rows(w, xp, b, e, xsp, xsump, rsp); });
-  const SmallMArgs args{w, xsp, xsump, rsp, y.data_ptr<float>(), M, w.N};
+at::Tensor workspace(int64_t words) { return at::empty({words}, at::TensorOptions().dtype(at::kInt)); }
+
+void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
+  const int64_t K = w.K, G = w.groups();
+  // One workspace (at M=1 each ATen allocation is a noticeable share of a call): xs [M, K], xsum [M, G],
+  // row_scale [M], all fp32.
+  at::Tensor ws = workspace(M * K + M * G + M);
+  float* xs = reinterpret_cast<float*>(ws.data_ptr<int32_t>());
+  float* xsum = xs + M * K;
+  float* row_scale = xsum + M * G;
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) { kern.prepare_rows(w, x, b, e, xs, xsum, row_scale); });
+  const SmallMArgs args{w, xs, xsum, row_scale, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
 
@@ -79,30 +80,34 @@ bool use_integer_path(at::ScalarType dtype, int64_t bits) {
 }
 
 // The integer small-M path; returns false (having written nothing to y) when a row holds inf or NaN.
-bool small_m_i16_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
-  const int64_t M = xf.size(0), K = w.K, G = w.groups(), NB = blocks_i16(w);
-  // One workspace of 4-byte words (one allocation: at M=1 each ATen allocation is a noticeable share of a call):
-  // xq [M, K/2], res_k [M, K], res_off [M, NB+1] (int32); bscale [M, NB], xsum [M, G], res_lo [M, K] (fp32).
+bool small_m_i16_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
+  const int64_t K = w.K, G = w.groups(), NB = blocks_i16(w);
+  // One workspace of 4-byte words: xq [M, K/2], res_k [M, K], res_off [M, NB+1] (int32); bscale [M, NB],
+  // xsum [M, G], res_lo [M, K] (fp32).
   const int64_t n_xq = M * (K / 2), n_rk = M * K, n_off = M * (NB + 1), n_bs = M * NB, n_xs = M * G;
-  at::Tensor ws = at::empty({n_xq + n_rk + n_off + n_bs + n_xs + M * K}, xf.options().dtype(at::kInt));
+  at::Tensor ws = workspace(n_xq + n_rk + n_off + n_bs + n_xs + M * K);
   int32_t* xq = ws.data_ptr<int32_t>();
   int32_t* res_k = xq + n_xq;
   int32_t* res_off = res_k + n_rk;
   float* bscale = reinterpret_cast<float*>(res_off + n_off);
   float* xsum = bscale + n_bs;
   float* res_lo = xsum + n_xs;
-  const float* xp = xf.data_ptr<float>();
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
-    if (!kern.prepare_rows_i16(w, xp, b, e, xq, bscale, xsum, res_off, res_k, res_lo)) ok = false;
+    if (!kern.prepare_rows_i16(w, x, b, e, xq, bscale, xsum, res_off, res_k, res_lo)) ok = false;
   });
   if (!ok) return false;
-  const SmallMI16Args args{w, xq, bscale, xsum, res_off, res_k, res_lo, y.data_ptr<float>(), M, w.N};
+  const SmallMI16Args args{w, xq, bscale, xsum, res_off, res_k, res_lo, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
   return true;
 }
 
-void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, const CpuKernels& kern) {
+// y [M, N] (x's dtype) = x [M, K] @ W + bias, through fp32 tiles of W and torch's fp32 GEMM.
+void large_m_path(const at::Tensor& x, const TiledWeight& w, const at::Tensor& bias, at::Tensor& y,
+                  const CpuKernels& kern) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const int64_t M = xf.size(0);
+  at::Tensor y32 = y.scalar_type() == at::kFloat ? y : at::empty({M, w.N}, xf.options());
   const auto fn = kern.dequant_tiles;
   const int64_t n_tiles = w.n_tiles();
   const int64_t chunk_cols = kTilesPerChunk * kTileCols;
@@ -115,8 +120,10 @@ void large_m_path(const at::Tensor& xf, const TiledWeight& w, at::Tensor& y, con
     });
     const int64_t n0 = c0 * kTileCols;
     const int64_t ncols = std::min(w.N, c1 * kTileCols) - n0;
-    y.narrow(1, n0, ncols).copy_(at::mm(xf, wbuf.narrow(1, 0, ncols)));
+    y32.narrow(1, n0, ncols).copy_(at::mm(xf, wbuf.narrow(1, 0, ncols)));
   }
+  if (bias.defined()) y32.add_(bias);
+  if (!y32.is_same(y)) y.copy_(y32);
 }
 
 at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
@@ -126,19 +133,24 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
   const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
-  const at::Tensor xf = x2.to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0);
-  at::Tensor y = at::empty({M, out_features}, xf.options());
-  if (M > 0) {
-    const CpuKernels& kern = kernels_for(active_cpu_isa());
-    const bool integer = use_integer_path(x.scalar_type(), bits);
-    if (M >= large_m_threshold())
-      large_m_path(xf, w, y, kern);
-    else if (!(integer && small_m_i16_path(xf, w, y, kern)))
-      small_m_path(xf, w, y, kern);
+  const int64_t M = x2.numel() / in_features;
+  // The kernels read x in its own dtype and write y in it: no converted copies on the decode path.
+  at::Tensor y = at::empty(output_shape(x, out_features), x.options());
+  if (M == 0) return y;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  at::Tensor bias_f;  // fp32: every path adds the bias to the fp32 result before rounding to y's dtype
+  if (bias.has_value() && bias->defined())
+    bias_f = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+  const CpuKernels& kern = kernels_for(active_cpu_isa());
+  if (M >= large_m_threshold()) {
+    at::Tensor y2 = y.view({M, out_features});
+    large_m_path(x2.view({M, in_features}), w, bias_f, y2, kern);
+    return y;
   }
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-  return y.to(x.scalar_type()).reshape(output_shape(x, out_features));
+  const KernelInput in{x2.data_ptr(), bf16};
+  const KernelOutput out{y.data_ptr(), bf16, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_features};
+  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(in, M, w, out, kern))) small_m_path(in, M, w, out, kern);
+  return y;
 }
 
 at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale_zero, int64_t bits,

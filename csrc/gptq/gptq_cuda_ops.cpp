@@ -32,8 +32,8 @@ at::Tensor gptq_gemm_cuda(const at::Tensor& x, const at::Tensor& qtiles, const a
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   const CudaDType xdt = cuda_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(qtiles.device());
-  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device()).contiguous();
-  const int64_t M = x2.size(0);
+  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
+  const int64_t M = x2.numel() / in_features;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor y;
   if (M <= kCudaFusedMaxRows) {
@@ -49,7 +49,7 @@ at::Tensor gptq_gemm_cuda(const at::Tensor& x, const at::Tensor& qtiles, const a
   } else {
     at::Tensor wfull = at::empty({in_features, out_features}, x2.options());
     check_cuda(launch_dequantize(w, wfull.data_ptr(), xdt, stream), "gptq dequantize kernel");
-    y = at::mm(x2, wfull);
+    y = at::mm(x2.reshape({M, in_features}), wfull);
     if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
   }
   return y.reshape(output_shape(x, out_features));

@@ -29,7 +29,9 @@ inline TiledWeight check_tiled_weight(const at::Tensor& qtiles, const at::Tensor
   return w;
 }
 
-// Flattens x to [M, K] and applies the act-order permutation; checks x and bias against the weight.
+// x as a contiguous tensor whose rows are the kernel-order activation rows: x itself when it is contiguous and
+// needs no act-order permutation (no copy and no view), else a permuted [M, K] copy. Checks x and bias against
+// the weight. The row count is numel / in_features.
 inline at::Tensor prepare_activations(const at::Tensor& x, const c10::optional<at::Tensor>& perm,
                                       const c10::optional<at::Tensor>& bias, int64_t in_features,
                                       int64_t out_features, const at::Device& device) {
@@ -41,12 +43,11 @@ inline at::Tensor prepare_activations(const at::Tensor& x, const c10::optional<a
                 "], got ", shape_str(bias->sizes()));
     TORCH_CHECK(bias->device() == device, "bias must be on ", device.str(), ", got ", bias->device().str());
   }
-  at::Tensor x2 = x.reshape({-1, in_features});
   if (perm.has_value() && perm->defined()) {
     check_tensor(*perm, "perm", at::kLong, {in_features}, device);
-    x2 = x2.index_select(1, *perm);
+    return x.reshape({-1, in_features}).index_select(1, *perm);
   }
-  return x2;
+  return x.contiguous();
 }
 
 inline std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out_features) {
