@@ -33,6 +33,10 @@ import slimformer
 from slimformer import QuantLinear, ops
 
 
+# Least untimed time each method runs right before its timed pass in the paired goal rounds (see paired_goals).
+WARM_S = 0.02
+
+
 def settle(seconds: float = 0.15):
     """Lets the previous method's idle worker threads (OpenMP's and ONNX Runtime's spin-wait after each parallel
     region) go to sleep, so they do not steal one of the two cores from the next method's measurement."""
@@ -240,11 +244,16 @@ def paired_goals(threads: int, rounds: int, layers: int = 16):
     for r in tqdm(range(rounds), desc="paired goal rounds", leave=False):
         for name in names[r % len(names):] + names[:r % len(names)]:
             settle()
-            # One untimed pass first: after the settle pause the cores take several hundred microseconds to come
-            # back to speed (measured: the first calls after a 0.15 s sleep run 1.5-3x slower), which would
-            # otherwise be charged to whichever method runs first, and most to the fastest ones.
-            for i in range(layers):
-                methods[name](i)
+            # Untimed passes first, for at least WARM_S: after the settle pause the cores take milliseconds to come
+            # back to speed. Measured (int4 bf16 M=1, 2-core EPYC): 0 passes 366 us/layer, 1 pass (~4 ms) 253,
+            # 4 passes 238, back-to-back 237; ORT acc4 gains nothing from more than one. One pass would charge the
+            # rest of the wake-up to the fastest methods.
+            warm_start = time.perf_counter()
+            while True:
+                for i in range(layers):
+                    methods[name](i)
+                if time.perf_counter() - warm_start >= WARM_S:
+                    break
             t0 = time.perf_counter()
             for i in range(layers):
                 methods[name](i)
