@@ -182,7 +182,8 @@ inline double sum_double(const T* x, int64_t n) {
 //   xs[k] = x[k] * 2^(149 - value_mantissa_shift - c_row), row_scale = 2^c_row   (mantissa extraction), or
 //   xs[k] = x[k] * 2^-value_prescale_shift,                 row_scale = 1        (conversion);
 // xsum = plain per-group sums. c_row = 23 + E with max|x_row| <= 2^E keeps xs below 2^127 and the products
-// x * q * 2^-c_row normal floats. E is clamped to [-100, 100]: rows beyond 2^100 overflow to inf, like fp32 would.
+// x * q * 2^-c_row normal floats. E is clamped to [-100, 100]: a row with |x| >= 2^100 overflows to inf/NaN
+// here (fp32 itself has room to 2^128; the integer path has it too).
 template <int BITS, class T>
 void prepare_rows(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, float* xs, float* xsum,
                   float* row_scale) {

@@ -58,7 +58,8 @@ void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOu
   float* xs = reinterpret_cast<float*>(ws.data_ptr<int32_t>());
   float* xsum = xs + M * K;
   float* row_scale = xsum + M * G;
-  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) { kern.prepare_rows(w, x, b, e, xs, xsum, row_scale); });
+  at::parallel_for(0, M, kPrepareGrain,
+                   [&](int64_t b, int64_t e) { kern.prepare_rows(w, x, b, e, xs, xsum, row_scale); });
   const SmallMArgs args{w, xs, xsum, row_scale, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
@@ -149,7 +150,8 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   }
   const KernelInput in{x2.data_ptr(), bf16};
   const KernelOutput out{y.data_ptr(), bf16, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_features};
-  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(in, M, w, out, kern))) small_m_path(in, M, w, out, kern);
+  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(in, M, w, out, kern)))
+    small_m_path(in, M, w, out, kern);
   return y;
 }
 
