@@ -114,22 +114,26 @@ inline typename V::F extract_for_gemm(const int32_t* p) {
     return extract<BITS, R>(p);
 }
 
-// max |x[i]| over n values, as the unsigned max of the bit patterns with the sign cleared (non-negative floats
-// order like their bits); vectorizes, unlike std::fmax. A result >= 0x7F800000 means an inf or NaN was present.
-inline uint32_t abs_max_bits(const float* x, int64_t n) {
-  uint32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, 4);
-    bits &= 0x7FFFFFFFu;
-    m = bits > m ? bits : m;
-  }
-  return m;
+// Activation element i of a row as fp32: bf16 widens exactly by a 16-bit shift.
+inline float load_x(const float* x, int64_t i) { return x[i]; }
+inline float load_x(const uint16_t* x, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
-inline uint32_t abs_max_bits(const uint16_t* x, int64_t n) {  // bf16: the same on the widened bit patterns
+
+// max |x[i]| over n values (fp32, or bf16 widened), as the unsigned max of the bit patterns with the sign cleared
+// (non-negative floats order like their bits); vectorizes, unlike std::fmax. A result >= 0x7F800000 means an inf
+// or NaN was present.
+template <class T>
+inline uint32_t abs_max_bits(const T* x, int64_t n) {
   uint32_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(x[i] & 0x7FFFu) << 16;
+    const float v = load_x(x, i);
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bits &= 0x7FFFFFFFu;
     m = bits > m ? bits : m;
   }
   return m;
@@ -138,15 +142,6 @@ inline uint32_t abs_max_bits(const uint16_t* x, int64_t n) {  // bf16: the same 
 // 2^n as a float, for -126 <= n <= 127.
 inline float pow2(int n) {
   const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Activation element i of a row as fp32: bf16 widens exactly by a 16-bit shift.
-inline float load_x(const float* x, int64_t i) { return x[i]; }
-inline float load_x(const uint16_t* x, int64_t i) {
-  const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
