@@ -159,17 +159,18 @@ int main(int argc, char** argv) {
   if (!o.json)
     std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",
                 "GB/s", "GFLOP/s");
+  const KernelInput in{x.data(), false};  // fp32 holding bf16 values
   for (const Path& p : paths)
     for (const bool integer : {false, true}) {
     if (!p.ok || (integer && !i16_bits(o.bits))) continue;
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
     double ms = 0;
     if (integer) {
-      p.kern.prepare_rows_i16(shape, KernelInput{x.data(), false}, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
+      p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
                               res_k.data(), res_lo.data());
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
     } else {
-      p.kern.prepare_rows(shape, KernelInput{x.data(), false}, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
+      p.kern.prepare_rows(shape, in, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
       ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
     }
     const std::string name = std::string(p.name) + (integer ? "-i16" : "");

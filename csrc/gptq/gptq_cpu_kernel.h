@@ -3,7 +3,8 @@
 // inside slimformer::gptq::SF_ISA_NS, a struct V:
 //   L (fp32 lanes), MR_MAX (activation rows kept in registers), kMantissaExtraction (read integers as denormal
 //   mantissas, x86 SIMD only), F/I (float/int vectors), as_float (bit cast),
-//   zero, set1, load, load_half (8/16 fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b, fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt,
+//   zero, set1, load, load_half (8/16 fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,
+//   fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt,
 //   and for the integer path zeroi, bcasti, addi, madd16 (vpmaddwd), srlv (run-time count), srl16<S> (shifts each
 //   16-bit half).
 //
