@@ -48,7 +48,7 @@ def test_fp32_matches_float64_reference(cpu_isa, m_path, bits, K, N, gs, act_ord
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("int_path", ["auto", "never"])
 def test_bf16_activations(cpu_isa, m_path, monkeypatch, bits, K, N, gs, act_order, int_path):
-    # bf16 activations take the integer kernel for 2/4/8 bits ("auto"), or the float kernel ("never").
+    # bf16 activations take the integer kernel ("auto"), or the float kernel ("never").
     monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", int_path)
     layer, hub = _layer(bits, K, N, gs, act_order, "gptq")
     kgs = F.resolve_group_size(gs, K)
@@ -73,7 +73,7 @@ def _bf16_values(t):
     return t.to(torch.bfloat16).float()
 
 
-@pytest.mark.parametrize("bits,K,N,gs", [c for c in CASES if c[0] in (2, 4, 8)])
+@pytest.mark.parametrize("bits,K,N,gs", CASES)
 @pytest.mark.parametrize("act_order", [False, True])
 def test_integer_kernel_matches_float64_reference(cpu_isa, monkeypatch, bits, K, N, gs, act_order):
     # The integer kernel, forced for fp32 activations too, checked at fp32 output precision: with bf16-valued
@@ -89,13 +89,15 @@ def test_integer_kernel_matches_float64_reference(cpu_isa, monkeypatch, bits, K,
             assert rel_err(layer(x), ref) < 2e-6, (M, rel_err(layer(x), ref))
 
 
-def test_integer_kernel_residuals_and_extreme_ranges(cpu_isa, monkeypatch):
-    # Values far below their block's maximum (down to 2^-60 of it) leave residuals; a row of zeros; rows whose
-    # maximum is so small that the block exponent is clamped; a row that mixes 1e30 and 1e-30. Each row must
-    # still match the float64 reference at fp32 precision.
+@pytest.mark.parametrize("bits", [3, 4])
+def test_integer_kernel_residuals_and_extreme_ranges(cpu_isa, monkeypatch, bits):
+    # Values far below their block's maximum (down to 2^-60 of it) leave residuals (at every position of a packing
+    # unit, int3's sliced values included); a row of zeros; rows whose maximum is so small that the block exponent
+    # is clamped; a row that mixes 1e30 and 1e-30. Each row must still match the float64 reference at fp32
+    # precision.
     monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "always")
     K, N = 256, 64
-    layer, hub = _layer(4, K, N, 128, True, "gptq")
+    layer, hub = _layer(bits, K, N, 128, True, "gptq")
     x = torch.randn(6, K)
     x[0] *= torch.pow(2.0, -torch.randint(0, 60, (K,)).float())
     x[1] = 0
@@ -104,7 +106,7 @@ def test_integer_kernel_residuals_and_extreme_ranges(cpu_isa, monkeypatch):
     x[4, :K // 2] *= 1e30
     x[4, K // 2:] *= 1e-30
     x = _bf16_values(x)
-    ref = F.reference_gemm(x.double(), **hub, bits=4, group_size=128, in_features=K, out_features=N)
+    ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=128, in_features=K, out_features=N)
     y = layer(x)
     for m in range(x.shape[0]):
         if ref[m].norm() == 0:

@@ -34,10 +34,44 @@ def test_int3_straddling_words():
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_kernel_pack_round_trip(bits):
+    K, N = 96 if bits == 3 else 64, 40
+    v = torch.randint(0, 1 << bits, (K, N), dtype=torch.int32)
+    words = F.pack_kernel_rows(v, bits)
+    assert words.dtype == torch.int32 and words.shape == (K * bits // 32, N)
+    assert torch.equal(F.unpack_kernel_rows(words, bits, K), v)
+    if bits != 3:  # the kernel layout is the Hub stream
+        assert torch.equal(words, F.pack_rows(v, bits))
+
+
+def test_int3_kernel_encoding():
+    # Word i of a unit: values 10i..10i+4 in the low half, 10i+5..10i+9 in the high half, fields at bits 0, 3, 7,
+    # 10, 13 of each half; bit 6 / 22 of word i is bit i of value 30 / 31.
+    v = torch.zeros(32, 1, dtype=torch.int32)
+    v[0], v[2], v[4], v[9], v[13], v[25], v[29] = 7, 5, 3, 6, 1, 2, 7
+    v[30], v[31] = 0b101, 0b011
+    u = [x & 0xFFFFFFFF for x in F.pack_kernel_rows(v, 3).view(-1).tolist()]
+    assert u[0] == 7 | (5 << 7) | (3 << 13) | (6 << 29) | (1 << 6) | (1 << 22)
+    assert u[1] == (1 << 10) | (1 << 22)
+    assert u[2] == (2 << 16) | (7 << 16 + 13) | (1 << 6)
+    # Every value moves alone: a single 1 lands on one bit, and all 96 bits are used.
+    seen = 0
+    for r in range(32):
+        for b in range(3):
+            one = torch.zeros(32, 1, dtype=torch.int32)
+            one[r] = 1 << b
+            w = [x & 0xFFFFFFFF for x in F.pack_kernel_rows(one, 3).view(-1).tolist()]
+            bits_set = [(i, j) for i in range(3) for j in range(32) if w[i] >> j & 1]
+            assert len(bits_set) == 1
+            seen |= 1 << (bits_set[0][0] * 32 + bits_set[0][1])
+    assert seen == (1 << 96) - 1
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_native_decode_header_matches_python(bits):
     K, N = 64, 33
     v = torch.randint(0, 1 << bits, (K, N), dtype=torch.int32)
-    words = F.pack_rows(v, bits)
+    words = F.pack_kernel_rows(v, bits)
     assert torch.equal(torch.ops.slimformer._unpack_bits(words, bits, K), v)
 
 
@@ -63,22 +97,25 @@ def test_qzeros_v1_v2(bits):
         F.qzeros_from_zeros(torch.zeros(1, 32, dtype=torch.int32), bits, "gptq")
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("bits,K", [(3, 96), (4, 72)])
-def test_kernel_layout_round_trip_act_order(bits, K):
+def test_kernel_layout_round_trip(bits, K, act_order):
     from helpers import random_hub_layer
-    hub, q, zeros = random_hub_layer(K, 40 if bits == 4 else 64, bits, 32 if bits == 3 else 8, act_order=True)
+    hub, q, zeros = random_hub_layer(K, 40 if bits == 4 else 64, bits, 32 if bits == 3 else 8, act_order=act_order)
     N = hub["scales"].shape[1]
     gs = 32 if bits == 3 else 8
-    qt, sz, perm = F.to_kernel_layout(hub["qweight"], hub["qzeros"], hub["scales"], hub["g_idx"], bits=bits,
+    qt, sz, perm = F.to_kernel_layout(hub["qweight"], hub["qzeros"], hub["scales"],
+                                      hub["g_idx"] if act_order else None, bits=bits,
                                       group_size=gs, in_features=K, out_features=N)
-    assert perm is not None
+    assert (perm is not None) == act_order
     assert qt.shape == (-(-N // 32), K * bits // 32, 32)
     back = F.qweight_from_kernel_layout(qt, perm, bits=bits, in_features=K, out_features=N)
     assert torch.equal(back, hub["qweight"])
     W_ref = F.reference_dequantize(hub["qweight"], hub["qzeros"], hub["scales"], hub["g_idx"], bits=bits,
                                    group_size=gs, in_features=K, out_features=N)
     W_kernel_order = F.reference_tiled_dequantize(qt, sz, bits=bits, group_size=gs, in_features=K, out_features=N)
-    assert torch.allclose(W_kernel_order.double(), W_ref[perm], rtol=1e-6, atol=1e-7)
+    rows = perm if act_order else torch.arange(K)
+    assert torch.allclose(W_kernel_order.double(), W_ref[rows], rtol=1e-6, atol=1e-7)
 
 
 def test_act_order_rejects_inconsistent_g_idx():

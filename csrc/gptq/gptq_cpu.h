@@ -45,7 +45,7 @@ struct DequantArgs {
   int64_t ldo;
 };
 
-// Integer path for bf16 activations (bits 2, 4 and 8: one-word packing units), over column tiles [t0, t1).
+// Integer path for bf16 activations (any bit width), over column tiles [t0, t1).
 // Each activation row is split per block of up to kI16Block rows of K (blocks never cross a quantization group):
 // x = hi * bscale + lo, where hi is int16 (x rounded to the block's 2^(e-15) grid, e = the exponent of the block's
 // largest |x|) and lo is what the rounding left, exactly representable. The kernel sums hi * q exactly in int32
@@ -63,7 +63,14 @@ inline int64_t i16_blocks_per_group(const TiledWeight& w) {
   return (gs + kI16Block - 1) / kI16Block;
 }
 inline int64_t blocks_i16(const TiledWeight& w) { return w.groups() * i16_blocks_per_group(w); }
-constexpr bool i16_bits(int64_t bits) { return bits == 2 || bits == 4 || bits == 8; }
+constexpr bool i16_bits(int64_t bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
+// The integer kernel multiplies field j of both 16-bit halves of a weight word by one int32 holding an activation
+// pair: "pair" p of a packing unit is the two values (i16_pair_lo, i16_pair_hi) that share a field, and xq holds
+// the pairs of each unit in order p = 0 .. unit_values/2 - 1. The words of a unit hold i16_word_pairs pairs each
+// (pairs w * i16_word_pairs .. of word w); an int3 unit's last pair is its two sliced values (gptq_decode.h).
+constexpr int i16_word_pairs(int bits) { return bits == 3 ? 5 : 16 / bits; }
+constexpr int i16_pair_lo(int bits, int p) { return bits == 3 ? (p < 15 ? 10 * (p / 5) + p % 5 : 30) : p; }
+constexpr int i16_pair_hi(int bits, int p) { return i16_pair_lo(bits, p) + (bits == 3 ? (p < 15 ? 5 : 1) : 16 / bits); }
 
 struct SmallMI16Args {
   TiledWeight w;

@@ -38,6 +38,11 @@ struct V {
   static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
   static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
   template <int S> static I srl16(I a) { return _mm256_srli_epi16(a, S); }
+  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
+  static I srli(I a, int s) { return _mm256_srli_epi32(a, s); }
+  static I srli16(I a, int s) { return _mm256_srli_epi16(a, s); }
+  // Compiler barrier: the value must be materialized here (no instruction is emitted).
+  static void keep(I& a) { asm volatile("" : "+x"(a)); }
 };
 }  // namespace avx2_impl
 }  // namespace gptq

@@ -61,48 +61,50 @@ inline void static_for(Fn&& fn) {
   }
 }
 
-// Integer vector of value R when it straddles two words (words of a unit are one tile row, 32 ints, apart),
-// assembled at bit 0.
+// The sliced word of the int3 unit whose word 0 is at p (gptq_decode.h): value 30 at bits 0..2, value 31 at bits
+// 16..18, as int3_sliced_word computes per lane.
+template <int BITS>
+inline typename V::I sliced_word(const int32_t* p) {
+  typename V::I t = V::and_(V::template srl<kInt3SpareBit>(V::loadi(p)), 0x10001u);
+  static_for<1, BITS>([&](auto ic) {
+    constexpr int i = decltype(ic)::value;
+    t = V::or_(t, V::and_(V::template srl<kInt3SpareBit - i>(V::loadi(p + i * kTileCols)), 0x10001u << i));
+  });
+  return t;
+}
+
+// The word value R is read from: its own word of the unit (words are one tile row, 32 ints, apart), or the sliced
+// word.
 template <int BITS, int R>
-inline typename V::I assemble_straddled(const int32_t* p) {
-  constexpr int w = value_word(BITS, R);
-  constexpr int s = value_shift(BITS, R);
-  constexpr int lo_bits = 32 - s;
-  constexpr uint32_t mask = (1u << BITS) - 1u;
-  const typename V::I lo = V::template srl<s>(V::loadi(p + w * kTileCols));
-  const typename V::I hi = V::and_(V::loadi(p + (w + 1) * kTileCols), mask >> lo_bits);
-  return V::or_(lo, V::template sll<lo_bits>(hi));
+inline typename V::I value_source(const int32_t* p) {
+  if constexpr (value_sliced(BITS, R))
+    return sliced_word<BITS>(p);
+  else
+    return V::loadi(p + value_word(BITS, R) * kTileCols);
 }
 
 // Value R of the packing unit whose word 0 is at p, converted to float. In-place values come back multiplied by
 // 2^value_prescale_shift(BITS, R).
 template <int BITS, int R>
 inline typename V::F extract(const int32_t* p) {
-  constexpr int w = value_word(BITS, R);
   constexpr int s = value_shift(BITS, R);
   constexpr uint32_t mask = (1u << BITS) - 1u;
-  if constexpr (value_extracted_in_place(BITS, R)) {
-    return V::cvt(V::and_(V::loadi(p + w * kTileCols), mask << s));
-  } else if constexpr (!value_straddles(BITS, R)) {
-    return V::cvt(V::template srl<s>(V::loadi(p + w * kTileCols)));  // the value ends at bit 31
-  } else {
-    return V::cvt(assemble_straddled<BITS, R>(p));
-  }
+  if constexpr (value_extracted_in_place(BITS, R))
+    return V::cvt(V::and_(value_source<BITS, R>(p), mask << s));
+  else
+    return V::cvt(V::template srl<s>(value_source<BITS, R>(p)));  // the value ends at bit 31
 }
 
 // Value R as the denormal float q * 2^(value_mantissa_shift - 149), without any int->float conversion.
 template <int BITS, int R>
 inline typename V::F extract_mantissa(const int32_t* p) {
-  constexpr int w = value_word(BITS, R);
   constexpr int s = value_shift(BITS, R);
   constexpr uint32_t mask = (1u << BITS) - 1u;
   if constexpr (value_fits_mantissa(BITS, R)) {
-    return V::as_float(V::and_(V::loadi(p + w * kTileCols), mask << s));
-  } else if constexpr (!value_straddles(BITS, R)) {
-    constexpr int sh = word_high_shift(BITS, w);
-    return V::as_float(V::and_(V::template srl<sh>(V::loadi(p + w * kTileCols)), mask << (s - sh)));
+    return V::as_float(V::and_(value_source<BITS, R>(p), mask << s));
   } else {
-    return V::as_float(assemble_straddled<BITS, R>(p));
+    constexpr int sh = word_high_shift(BITS, value_word(BITS, R));
+    return V::as_float(V::and_(V::template srl<sh>(value_source<BITS, R>(p)), mask << (s - sh)));
   }
 }
 
@@ -333,7 +335,7 @@ void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Integer path for bf16 activations (bits 2, 4, 8; interface and numerics in gptq_cpu.h, SmallMI16Args).
+// Integer path for bf16 activations (interface and numerics in gptq_cpu.h, SmallMI16Args).
 //
 // Why: with fp32 arithmetic each int4 weight costs an AND plus an FMA, and the FMA reads the masked word as a
 // denormal float, which Zen 3 executes at about 2/3 of the normal rate (measured: the same loop with normal
@@ -341,16 +343,19 @@ void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
 // instruction, so a word of 8 int4 values costs 3 shifts, 3 ANDs, 4 multiply-adds and 4 adds per 8 columns:
 // about 1.75 instructions per 8 multiply-adds against 2-2.25, none of them on denormals.
 //
-// Lane layout: a 32-bit lane holds one column's packed word. Its low 16 bits carry values 0..VPH-1 of the unit,
-// its high 16 bits values VPH..2*VPH-1 (VPH = 16 / BITS), so (word >> BITS*j) & mask16 puts value j in the low
-// half and value VPH+j in the high half of every lane, and one broadcast int32 holding the activation pair
-// (x[j], x[VPH+j]) multiplies both: no repacking of the weights.
+// Lane layout: a 32-bit lane holds one column's packed word, and each field of its low 16-bit half has a partner
+// at the same position of the high half (for 2/4/8 bits the Hub stream is already so: value j and value
+// 16/BITS + j; int3 gets its own layout at load, gptq_decode.h). Isolating a field in both halves at once
+// (field16) and multiplying by one broadcast int32 holding the activation pair (gptq_cpu.h, i16_pair_lo/hi)
+// handles two values per lane. int3 costs 8 isolating instructions per word of 10 values, plus 8 for the sliced
+// pair of every 3 words: 64 instructions per 32 values and 8 columns against int4's 56 (measured cached on Zen 3:
+// 23.2 vs 20.2 us per 1M weights), while streaming 25% fewer bytes.
 
 // Rows [m0, m1): splits each activation block into int16 hi values and exact residuals (see gptq_cpu.h).
 template <int BITS, class T>
 bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
                       float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
-  constexpr int VPW = 32 / BITS, VPH = VPW / 2;
+  constexpr int UV = unit_values(BITS);
   const int64_t K = w.K, G = w.groups(), gs = w.group_size < w.K ? w.group_size : w.K;
   const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
   for (int64_t m = m0; m < m1; ++m) {
@@ -405,10 +410,11 @@ bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, 
             }
         }
         gsum += static_cast<double>(hsum) * grid + lsum;  // the block's exact sum of x, up to lsum's rounding
-        for (int64_t i = 0; i < n; i += VPW)
-          for (int j = 0; j < VPH; ++j)
-            xqr[(k0 + i) / 2 + j] = static_cast<int32_t>((static_cast<uint32_t>(hi[i + j]) & 0xFFFFu) |
-                                                         (static_cast<uint32_t>(hi[i + VPH + j]) << 16));
+        for (int64_t i = 0; i < n; i += UV)  // blocks hold whole units
+          for (int p = 0; p < UV / 2; ++p)
+            xqr[(k0 + i) / 2 + p] =
+                static_cast<int32_t>((static_cast<uint32_t>(hi[i + i16_pair_lo(BITS, p)]) & 0xFFFFu) |
+                                     (static_cast<uint32_t>(hi[i + i16_pair_hi(BITS, p)]) << 16));
         off[g * bpg + b + 1] = nres;
       }
       xsum[m * G + g] = static_cast<float>(gsum);
@@ -417,70 +423,131 @@ bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, 
   return true;
 }
 
+// Field s (the value at bit s of each 16-bit half, BITS wide) of every lane, for vpmaddwd: the lowest field needs
+// only an AND, one ending at bit 15 only a 16-bit shift, the others a shift and an AND. s must fold to a constant
+// (the callers' loops are fully unrolled).
+template <int BITS>
+inline typename V::I field16(typename V::I w, int s) {
+  constexpr uint32_t mask16 = ((1u << BITS) - 1u) * 0x10001u;
+  if (s == 0) return V::and_(w, mask16);
+  if (s + BITS == 16) return V::srli16(w, s);
+  return V::and_(V::srli(w, s), mask16);
+}
+
+// Column vectors of value r (run-time) of the unit whose word 0 is at p, as integers.
+template <int BITS>
+inline typename V::I value_at(const int32_t* p, int r) {
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  typename V::I word;
+  if (value_sliced(BITS, r)) {
+    word = V::zeroi();
+    for (int i = 0; i < BITS; ++i)
+      word = V::or_(word, V::and_(V::srlv(V::loadi(p + i * kTileCols), kInt3SpareBit - i), 0x10001u << i));
+  } else {
+    word = V::loadi(p + value_word(BITS, r) * kTileCols);
+  }
+  return V::and_(V::srlv(word, value_shift(BITS, r)), mask);
+}
+
+// Blocks handed to one dot_blocks_i16 call.
+constexpr int64_t kI16BlocksPerCall = 8;
+
+// For the i16 blocks [blk0, blk1) of column tile t and activation rows [m0, m0 + MR): bsum[mm][blk - blk0][c] =
+// the block's exact int32 dot product of the weights with the int16 activations, times the block's grid.
+// Out of line, with one call per several blocks: inlined into the tile loop, GCC kept the tile's fp32 outputs
+// in registers and spilled the accumulators instead, and a call per block (4 int3 units) spent ~10% on entry.
 template <int BITS, int MR>
-void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
-  using F = typename V::F;
+__attribute__((noinline)) void dot_blocks_i16(const SmallMI16Args& a, const int32_t* qt, int64_t m0, int64_t blk0,
+                                              int64_t blk1, float* bsum) {
   using I = typename V::I;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
-  constexpr int VPW = 32 / BITS, VPH = VPW / 2;
-  constexpr uint32_t mask = (1u << BITS) - 1u;
-  constexpr uint32_t mask16 = mask * 0x10001u;
+  constexpr int UV = unit_values(BITS), UW = unit_words(BITS), UP = UV / 2, WP = i16_word_pairs(BITS);
+  const int64_t K = a.w.K, gs = a.w.group_size < K ? a.w.group_size : K;
+  const int64_t bpg = i16_blocks_per_group(a.w), NB = blocks_i16(a.w);
+  const int32_t* xq[MR];
+  for (int mm = 0; mm < MR; ++mm) xq[mm] = a.xq + (m0 + mm) * (K / 2);
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const int64_t g = blk / bpg;
+    const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
+    const int64_t k0 = g * gs + (blk % bpg) * kI16Block;
+    const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;  // k1 <= k0: an empty block
+    I acc[MR][NV];
+    for (int mm = 0; mm < MR; ++mm)
+      for (int v = 0; v < NV; ++v) acc[mm][v] = V::zeroi();
+    for (int64_t u = k0 / UV; u < k1 / UV; ++u) {
+      const int32_t* up = qt + u * UW * kTileCols;
+      // The unit's UW tile rows of 128 bytes, kPrefetchInts ahead: two lines each.
+      for (int line = 0; line < UW * 2; ++line) __builtin_prefetch(up + kPrefetchInts + line * 16);
+      // Word outer, column vector next, field inner: the word's WP broadcasts per row stay in registers while
+      // each word is decoded, and only one word is live at a time. Plain loops, fully unrolled, rather than
+      // static_for: accumulators captured by a lambda stayed in memory (20% slower).
+#pragma GCC unroll 4
+      for (int wi = 0; wi < UW; ++wi) {
+        I xb[MR][WP];
+        for (int mm = 0; mm < MR; ++mm)
+          for (int j = 0; j < WP; ++j) xb[mm][j] = V::bcasti(xq[mm] + u * UP + wi * WP + j);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const I wv = V::loadi(up + wi * kTileCols + v * L);
+#pragma GCC unroll 16
+          for (int j = 0; j < WP; ++j) {
+            const I d = field16<BITS>(wv, value_shift(BITS, i16_pair_lo(BITS, wi * WP + j)));
+            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm][j]));
+          }
+        }
+        // Without this GCC hoists the multiplies of several words ahead of their adds and spills the products
+        // (int3: 34 vs 28 us per 1M weights on Zen 3).
+        for (int mm = 0; mm < MR; ++mm)
+          for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
+      }
+      if constexpr (UW * WP < UP) {  // int3: the sliced pair (values 30 and 31), already one per 16-bit half
+        static_assert(UW * WP + 1 == UP, "one sliced pair per unit");
+        I xb[MR];
+        for (int mm = 0; mm < MR; ++mm) xb[mm] = V::bcasti(xq[mm] + u * UP + UW * WP);
+        for (int v = 0; v < NV; ++v) {
+          const I d = sliced_word<BITS>(up + v * L);
+          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm]));
+        }
+        for (int mm = 0; mm < MR; ++mm)
+          for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
+      }
+    }
+    for (int mm = 0; mm < MR; ++mm) {
+      const typename V::F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
+      float* dst = bsum + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols;
+      for (int v = 0; v < NV; ++v) V::store(dst + v * L, V::mul(V::cvt(acc[mm][v]), grid));
+    }
+  }
+}
+
+template <int BITS, int MR>
+void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
+  using F = typename V::F;
+  constexpr int L = V::L;
+  constexpr int NV = kTileCols / L;
+  constexpr int UV = unit_values(BITS), UW = unit_words(BITS);
   const TiledWeight& w = a.w;
-  const int64_t K = w.K, G = w.groups(), gs = w.group_size < w.K ? w.group_size : w.K;
+  const int64_t K = w.K, G = w.groups();
   const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
   const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
   const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
-  const int32_t* xq[MR];
-  for (int mm = 0; mm < MR; ++mm) xq[mm] = a.xq + (m0 + mm) * (K / 2);
 
   F out[MR][NV];
   for (int mm = 0; mm < MR; ++mm)
     for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
 
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
-    const uint16_t* szg = sz + g * 2 * kTileCols;
-    for (int64_t b = 0; b < bpg; ++b) {
-      const int64_t k0 = g * gs + b * kI16Block;
-      if (k0 >= gend) break;
-      const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;
-      const int64_t blk = g * bpg + b;
-      I acc[MR][NV];
-      for (int mm = 0; mm < MR; ++mm)
-        for (int v = 0; v < NV; ++v) acc[mm][v] = V::zeroi();
-      for (int64_t u = k0 / VPW; u < k1 / VPW; ++u) {
-        const int32_t* up = qt + u * kTileCols;
-        __builtin_prefetch(up + kPrefetchInts);  // the 128-byte tile row kPrefetchInts ahead: two lines
-        __builtin_prefetch(up + kPrefetchInts + 16);
-        // Column-vector outer, value inner: the VPH broadcasts per row stay in registers while each word is
-        // decoded, and only one word is live at a time.
-        I xb[MR][VPH];
-        for (int mm = 0; mm < MR; ++mm)
-          for (int j = 0; j < VPH; ++j) xb[mm][j] = V::bcasti(xq[mm] + u * VPH + j);
-        for (int v = 0; v < NV; ++v) {
-          const I wv = V::loadi(up + v * L);
-          // Field j of both halves (values j and VPH + j): the lowest needs only an AND, the highest only a 16-bit
-          // shift (it ends at bit 15 of each half), the others a shift and an AND: 6 instructions for int4, 5% faster
-          // than 7. (Reading field 1 in place as 2^BITS * q into separate accumulators would save one more, but on
-          // AVX2 those do not fit the 16 registers beside the broadcasts: measured 2%.)
-          static_for<0, VPH>([&](auto jc) {
-            constexpr int j = decltype(jc)::value;
-            I d;
-            if constexpr (j == 0)
-              d = V::and_(wv, mask16);
-            else if constexpr (BITS * (j + 1) == 16)
-              d = V::template srl16<BITS * j>(wv);
-            else
-              d = V::and_(V::template srl<BITS * j>(wv), mask16);
-            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm][j]));
-          });
-        }
-      }
+  alignas(64) float bsums[MR * kI16BlocksPerCall * kTileCols];
+  for (int64_t blk0 = 0; blk0 < NB; blk0 += kI16BlocksPerCall) {
+    const int64_t blk1 = blk0 + kI16BlocksPerCall < NB ? blk0 + kI16BlocksPerCall : NB;
+    dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t g = blk / bpg;
+      const uint16_t* szg = sz + g * 2 * kTileCols;
       for (int mm = 0; mm < MR; ++mm) {
-        const F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
+        const float* src = bsums + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols;
         F bsum[NV];
-        for (int v = 0; v < NV; ++v) bsum[v] = V::mul(V::cvt(acc[mm][v]), grid);
+        for (int v = 0; v < NV; ++v) bsum[v] = V::load(src + v * L);
         // Residuals: the few activations the int16 grid could not hold exactly, times their weights, in fp32
         // (weights converted, not read as denormals, so this needs no MXCSR change).
         const int32_t* off = a.res_off + (m0 + mm) * (NB + 1);
@@ -489,19 +556,18 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
         for (int32_t i = off[blk]; i < off[blk + 1]; ++i) {
           const int32_t k = rk[i];
           const F lo = V::bcast(rl + i);
-          const int32_t* kp = qt + (k / VPW) * kTileCols;
-          const int sh = BITS * (k % VPW);
-          for (int v = 0; v < NV; ++v)
-            bsum[v] = V::fma(lo, V::cvt(V::and_(V::srlv(V::loadi(kp + v * L), sh), mask)), bsum[v]);
+          const int32_t* kp = qt + (k / UV) * UW * kTileCols;
+          for (int v = 0; v < NV; ++v) bsum[v] = V::fma(lo, V::cvt(value_at<BITS>(kp + v * L, k % UV)), bsum[v]);
         }
-        for (int v = 0; v < NV; ++v)
-          out[mm][v] = V::fma(V::load_half(szg + v * L), bsum[v], out[mm][v]);
+        for (int v = 0; v < NV; ++v) out[mm][v] = V::fma(V::load_half(szg + v * L), bsum[v], out[mm][v]);
       }
-    }
-    for (int v = 0; v < NV; ++v) {
-      const F scale_zero = V::mul(V::load_half(szg + v * L), V::load_half(szg + kTileCols + v * L));
-      for (int mm = 0; mm < MR; ++mm)
-        out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
+      if (blk % bpg == bpg - 1) {  // the group's last block: its zero-point term
+        for (int v = 0; v < NV; ++v) {
+          const F scale_zero = V::mul(V::load_half(szg + v * L), V::load_half(szg + kTileCols + v * L));
+          for (int mm = 0; mm < MR; ++mm)
+            out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
+        }
+      }
     }
   }
   store_tile<MR>(out, a.y, t, w.N, m0);

@@ -47,6 +47,10 @@ struct V {
   }
   static I srlv(I a, int s) { return a >> s; }
   template <int S> static I srl16(I a) { return (a >> S) & ((0xFFFFu >> S) * 0x10001u); }  // each half
+  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
+  static I srli(I a, int s) { return a >> s; }
+  static I srli16(I a, int s) { return (a >> s) & ((0xFFFFu >> s) * 0x10001u); }
+  static void keep(I&) {}
 };
 }  // namespace scalar_impl
 }  // namespace gptq

@@ -9,8 +9,10 @@ Hub GPTQ layout (AutoGPTQ / GPTQModel / transformers), for a linear layer with K
   g_idx    int32 [K]                  group of each input row (non-monotonic under act-order)
   W[k, n] = scales[g_idx[k], n] * (q[k, n] - zero[g_idx[k], n]);   y = x @ W + bias
 
-Kernel layout (csrc/gptq/gptq_cpu.h), shared by the CPU and CUDA kernels:
-  qtiles      int32 [ceil(N/32), K * bits / 32, 32]   32-column tiles of the row-packed words
+Kernel layout (csrc/gptq/gptq_layout.h), shared by the CPU and CUDA kernels:
+  qtiles      int32 [ceil(N/32), K * bits / 32, 32]   32-column tiles of the row-packed kernel words: the Hub
+                                                      stream for 2/4/8 bits, the int3 kernel encoding for 3 bits
+                                                      (pack_kernel_rows, csrc/gptq/gptq_decode.h)
   scale_zero  fp16  [ceil(N/32), G, 2, 32]            scale and zero (the kernels form scale * zero in fp32)
   perm        int64 [K] or None                       act-order rows sorted by group; x is read as x[..., perm]
 """
@@ -28,54 +30,118 @@ def _check_bits(bits: int):
     return gptq_format(bits)
 
 
-def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Packs integers [K, N] in [0, 2^bits) along dim 0 into int32 words [K * bits / 32, N] (Hub qweight)."""
+def _value_units(values: torch.Tensor, bits: int, what: str):
+    """Checks integers [K, N] for `bits`-bit packing; returns them as int64 [units, values_per_unit, N]."""
     fmt = _check_bits(bits)
     if values.dim() != 2:
-        raise ValueError(f"pack_rows expects a 2-D tensor [K, N], got shape {tuple(values.shape)}")
+        raise ValueError(f"{what} expects a 2-D tensor [K, N], got shape {tuple(values.shape)}")
     K, N = values.shape
     if K % fmt.values_per_unit:
         raise ValueError(f"{bits}-bit packing needs K to be a multiple of {fmt.values_per_unit}, got K={K}")
     v = values.to(torch.int64)
     if v.numel() and (int(v.min()) < 0 or int(v.max()) >= (1 << bits)):
         raise ValueError(f"values must lie in [0, {1 << bits}) for {bits}-bit packing")
-    units = K // fmt.values_per_unit
-    v = v.reshape(units, fmt.values_per_unit, N)
-    words = torch.zeros(units, fmt.words_per_unit, N, dtype=torch.int64, device=values.device)
-    for r in range(fmt.values_per_unit):
-        bit = bits * r
-        w, s = divmod(bit, 32)
-        words[:, w] |= (v[:, r] << s) & 0xFFFFFFFF
-        if s + bits > 32:  # the value straddles into the next word
-            words[:, w + 1] |= v[:, r] >> (32 - s)
-    words = words.reshape(units * fmt.words_per_unit, N)
+    return v.reshape(K // fmt.values_per_unit, fmt.values_per_unit, N)
+
+
+def _words_from_units(words: torch.Tensor) -> torch.Tensor:
+    """uint32 values held in int64 [units, words_per_unit, N] -> int32 words [units * words_per_unit, N]."""
+    words = words.reshape(-1, words.shape[-1])
     return (words - ((words >> 31) << 32)).to(torch.int32)  # reinterpret uint32 as int32
 
 
-def unpack_rows(words: torch.Tensor, bits: int, K: int | None = None) -> torch.Tensor:
-    """Inverse of pack_rows: int32 words [K * bits / 32, N] -> int32 values [K, N]."""
+def _word_units(words: torch.Tensor, bits: int, K: int | None, what: str):
+    """Checks int32 words [W, N]; returns them as uint32 values in int64 [units, words_per_unit, N]."""
     fmt = _check_bits(bits)
     if words.dim() != 2 or words.dtype != torch.int32:
-        raise ValueError(f"unpack_rows expects 2-D int32 words, got {words.dtype} of shape {tuple(words.shape)}")
+        raise ValueError(f"{what} expects 2-D int32 words, got {words.dtype} of shape {tuple(words.shape)}")
     W, N = words.shape
     if W % fmt.words_per_unit:
         raise ValueError(f"{bits}-bit words come in units of {fmt.words_per_unit}, got {W} rows of words")
     units = W // fmt.words_per_unit
-    if K is None:
-        K = units * fmt.values_per_unit
-    if K != units * fmt.values_per_unit:
+    if K is not None and K != units * fmt.values_per_unit:
         raise ValueError(f"{W} rows of {bits}-bit words hold {units * fmt.values_per_unit} values, expected K={K}")
-    w64 = words.to(torch.int64) & 0xFFFFFFFF
-    w64 = w64.reshape(units, fmt.words_per_unit, N)
-    mask = (1 << bits) - 1
-    out = torch.empty(units, fmt.values_per_unit, N, dtype=torch.int64, device=words.device)
+    return (words.to(torch.int64) & 0xFFFFFFFF).reshape(units, fmt.words_per_unit, N)
+
+
+def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packs integers [K, N] in [0, 2^bits) along dim 0 into int32 words [K * bits / 32, N] (Hub qweight)."""
+    v = _value_units(values, bits, "pack_rows")
+    fmt = _check_bits(bits)
+    words = torch.zeros(v.shape[0], fmt.words_per_unit, v.shape[2], dtype=torch.int64, device=values.device)
+    for r in range(fmt.values_per_unit):
+        w, s = divmod(bits * r, 32)
+        words[:, w] |= (v[:, r] << s) & 0xFFFFFFFF
+        if s + bits > 32:  # the value straddles into the next word
+            words[:, w + 1] |= v[:, r] >> (32 - s)
+    return _words_from_units(words)
+
+
+def unpack_rows(words: torch.Tensor, bits: int, K: int | None = None) -> torch.Tensor:
+    """Inverse of pack_rows: int32 words [K * bits / 32, N] -> int32 values [K, N]."""
+    w64 = _word_units(words, bits, K, "unpack_rows")
+    fmt = _check_bits(bits)
+    out = torch.empty(w64.shape[0], fmt.values_per_unit, w64.shape[2], dtype=torch.int64, device=words.device)
     for r in range(fmt.values_per_unit):
         w, s = divmod(bits * r, 32)
         v = w64[:, w] >> s
         if s + bits > 32:
             v = v | (w64[:, w + 1] << (32 - s))
-        out[:, r] = v & mask
-    return out.reshape(K, N).to(torch.int32)
+        out[:, r] = v & ((1 << bits) - 1)
+    return out.reshape(-1, w64.shape[2]).to(torch.int32)
+
+
+INT3_SPARE_BIT = 6
+
+
+def _int3_field_bit(f: int) -> int:
+    return 3 * f if f < 2 else 3 * f + 1
+
+
+def kernel_value_position(bits: int, r: int) -> tuple[int, int] | None:
+    """(word, shift) of value r of a packing unit in the kernel layout, or None for an int3 "sliced" value
+    (r = 30, 31: bit i is bit INT3_SPARE_BIT (+16 for r = 31) of word i). Mirrors csrc/gptq/gptq_decode.h."""
+    if bits != 3:
+        return divmod(bits * r, 32)
+    if r >= 30:
+        return None
+    return r // 10, 16 * ((r % 10) // 5) + _int3_field_bit(r % 5)
+
+
+def pack_kernel_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packs integers [K, N] along dim 0 into the kernel layout's words [K * bits / 32, N]: the Hub stream
+    (pack_rows) for 2/4/8 bits; for 3 bits the int3 kernel encoding, in which each 16-bit half of a word holds five
+    3-bit fields (at bits 0, 3, 7, 10, 13) and the spare bits of a unit's 3 words hold its values 30 and 31."""
+    if bits != 3:
+        return pack_rows(values, bits)
+    v = _value_units(values, bits, "pack_kernel_rows")
+    fmt = _check_bits(bits)
+    words = torch.zeros(v.shape[0], fmt.words_per_unit, v.shape[2], dtype=torch.int64, device=values.device)
+    for r in range(fmt.values_per_unit):
+        pos = kernel_value_position(bits, r)
+        if pos is None:
+            for i in range(bits):
+                words[:, i] |= ((v[:, r] >> i) & 1) << (INT3_SPARE_BIT + 16 * (r - 30))
+        else:
+            words[:, pos[0]] |= v[:, r] << pos[1]
+    return _words_from_units(words)
+
+
+def unpack_kernel_rows(words: torch.Tensor, bits: int, K: int | None = None) -> torch.Tensor:
+    """Inverse of pack_kernel_rows: kernel-layout words [K * bits / 32, N] -> int32 values [K, N]."""
+    if bits != 3:
+        return unpack_rows(words, bits, K)
+    w64 = _word_units(words, bits, K, "unpack_kernel_rows")
+    fmt = _check_bits(bits)
+    out = torch.empty(w64.shape[0], fmt.values_per_unit, w64.shape[2], dtype=torch.int64, device=words.device)
+    for r in range(fmt.values_per_unit):
+        pos = kernel_value_position(bits, r)
+        if pos is None:
+            shift = INT3_SPARE_BIT + 16 * (r - 30)
+            out[:, r] = sum(((w64[:, i] >> shift) & 1) << i for i in range(bits))
+        else:
+            out[:, r] = (w64[:, pos[0]] >> pos[1]) & ((1 << bits) - 1)
+    return out.reshape(-1, w64.shape[2]).to(torch.int32)
 
 
 def pack_cols(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -185,7 +251,7 @@ def to_kernel_layout(qweight, qzeros, scales, g_idx, *, bits: int, group_size: i
         q = q[perm.to(q.device)]
     n_tiles = -(-N // TILE_COLS)
     pad = n_tiles * TILE_COLS - N
-    words = pack_rows(q, bits)
+    words = pack_kernel_rows(q, bits)
     words = torch.nn.functional.pad(words, (0, pad))
     qtiles = words.reshape(words.shape[0], n_tiles, TILE_COLS).permute(1, 0, 2).contiguous()
     # Zero points are unpacked from fields of at most 8 bits (v1 adds 1): integers <= 256, exact in fp16.
@@ -201,9 +267,11 @@ def qweight_from_kernel_layout(qtiles: torch.Tensor, perm: torch.Tensor | None, 
     """Kernel layout -> Hub qweight (exact inverse of to_kernel_layout's packing)."""
     n_tiles, KW, _ = qtiles.shape
     words = qtiles.permute(1, 0, 2).reshape(KW, n_tiles * TILE_COLS)[:, :out_features].contiguous()
-    if perm is None:
+    if perm is None and bits != 3:  # the kernel words are the Hub words
         return words
-    q = unpack_rows(words, bits, in_features)
+    q = unpack_kernel_rows(words, bits, in_features)
+    if perm is None:
+        return pack_rows(q, bits)
     restored = torch.empty_like(q)
     restored[perm.to(q.device)] = q
     return pack_rows(restored, bits)
@@ -243,7 +311,7 @@ def reference_tiled_dequantize(qtiles, scale_zero, *, bits: int, group_size: int
     K, N = in_features, out_features
     n_tiles, KW, _ = qtiles.shape
     words = qtiles.permute(1, 0, 2).reshape(KW, n_tiles * TILE_COLS)
-    q = unpack_rows(words.contiguous(), bits, K).to(torch.float32)
+    q = unpack_kernel_rows(words.contiguous(), bits, K).to(torch.float32)
     G = scale_zero.shape[1]
     sz = scale_zero.permute(1, 2, 0, 3).reshape(G, 2, n_tiles * TILE_COLS).to(torch.float32)
     g = torch.arange(K, device=qtiles.device) // min(group_size, K)
