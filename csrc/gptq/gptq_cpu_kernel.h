@@ -449,16 +449,17 @@ inline typename V::I value_at(const int32_t* p, int r) {
   return V::and_(V::srlv(word, value_shift(BITS, r)), mask);
 }
 
-// Blocks handed to one dot_blocks_i16 call.
-constexpr int64_t kI16BlocksPerCall = 8;
+// Blocks handed to one dot_blocks_i16 call. int3 (3-word units): out of line, 8 blocks per call. Inlined into the
+// tile loop, GCC kept the tile's fp32 outputs in registers and spilled the accumulators instead, and a call per
+// block (4 units) spent ~10% on entry. 2/4/8 bits (1-word units): inlined, one block per call; the out-of-line form
+// measured ~4% slower for int4 with the weights streaming from DRAM (2 threads, same speed in cache).
+constexpr int64_t i16_blocks_per_call(int bits) { return unit_words(bits) > 1 ? 8 : 1; }
 
 // For the i16 blocks [blk0, blk1) of column tile t and activation rows [m0, m0 + MR): bsum[mm][blk - blk0][c] =
 // the block's exact int32 dot product of the weights with the int16 activations, times the block's grid.
-// Out of line, with one call per several blocks: inlined into the tile loop, GCC kept the tile's fp32 outputs
-// in registers and spilled the accumulators instead, and a call per block (4 int3 units) spent ~10% on entry.
 template <int BITS, int MR>
-__attribute__((noinline)) void dot_blocks_i16(const SmallMI16Args& a, const int32_t* qt, int64_t m0, int64_t blk0,
-                                              int64_t blk1, float* bsum) {
+__attribute__((always_inline)) inline void dot_blocks_i16(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
+                                                          int64_t blk0, int64_t blk1, float* bsum) {
   using I = typename V::I;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
@@ -498,8 +499,9 @@ __attribute__((noinline)) void dot_blocks_i16(const SmallMI16Args& a, const int3
         }
         // Without this GCC hoists the multiplies of several words ahead of their adds and spills the products
         // (int3: 34 vs 28 us per 1M weights on Zen 3).
-        for (int mm = 0; mm < MR; ++mm)
-          for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
+        if constexpr (UW > 1)
+          for (int mm = 0; mm < MR; ++mm)
+            for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
       }
       if constexpr (UW * WP < UP) {  // int3: the sliced pair (values 30 and 31), already one per 16-bit half
         static_assert(UW * WP + 1 == UP, "one sliced pair per unit");
@@ -515,10 +517,16 @@ __attribute__((noinline)) void dot_blocks_i16(const SmallMI16Args& a, const int3
     }
     for (int mm = 0; mm < MR; ++mm) {
       const typename V::F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
-      float* dst = bsum + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols;
+      float* dst = bsum + (mm * i16_blocks_per_call(BITS) + (blk - blk0)) * kTileCols;
       for (int v = 0; v < NV; ++v) V::store(dst + v * L, V::mul(V::cvt(acc[mm][v]), grid));
     }
   }
+}
+
+template <int BITS, int MR>
+__attribute__((noinline)) void dot_blocks_i16_outlined(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
+                                                       int64_t blk0, int64_t blk1, float* bsum) {
+  dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsum);
 }
 
 template <int BITS, int MR>
@@ -537,15 +545,19 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   for (int mm = 0; mm < MR; ++mm)
     for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
 
-  alignas(64) float bsums[MR * kI16BlocksPerCall * kTileCols];
-  for (int64_t blk0 = 0; blk0 < NB; blk0 += kI16BlocksPerCall) {
-    const int64_t blk1 = blk0 + kI16BlocksPerCall < NB ? blk0 + kI16BlocksPerCall : NB;
-    dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
+  constexpr int64_t BPC = i16_blocks_per_call(BITS);
+  alignas(64) float bsums[MR * BPC * kTileCols];
+  for (int64_t blk0 = 0; blk0 < NB; blk0 += BPC) {
+    const int64_t blk1 = blk0 + BPC < NB ? blk0 + BPC : NB;
+    if constexpr (unit_words(BITS) > 1)
+      dot_blocks_i16_outlined<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
+    else
+      dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t g = blk / bpg;
       const uint16_t* szg = sz + g * 2 * kTileCols;
       for (int mm = 0; mm < MR; ++mm) {
-        const float* src = bsums + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols;
+        const float* src = bsums + (mm * BPC + (blk - blk0)) * kTileCols;
         F bsum[NV];
         for (int v = 0; v < NV; ++v) bsum[v] = V::load(src + v * L);
         // Residuals: the few activations the int16 grid could not hold exactly, times their weights, in fp32
