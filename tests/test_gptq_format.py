@@ -5,12 +5,16 @@ from slimformer.gptq import format as F
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_pack_unpack_round_trip(bits):
+@pytest.mark.parametrize("layout", ["hub", "kernel"])
+def test_pack_unpack_round_trip(bits, layout):
+    pack, unpack = (F.pack_rows, F.unpack_rows) if layout == "hub" else (F.pack_kernel_rows, F.unpack_kernel_rows)
     K, N = 96 if bits == 3 else 64, 40
     v = torch.randint(0, 1 << bits, (K, N), dtype=torch.int32)
-    words = F.pack_rows(v, bits)
+    words = pack(v, bits)
     assert words.dtype == torch.int32 and words.shape == (K * bits // 32, N)
-    assert torch.equal(F.unpack_rows(words, bits, K), v)
+    assert torch.equal(unpack(words, bits, K), v)
+    if layout == "kernel" and bits != 3:  # the kernel layout is the Hub stream
+        assert torch.equal(words, F.pack_rows(v, bits))
 
 
 def test_int4_word_layout_low_bits_first():
@@ -31,17 +35,6 @@ def test_int3_straddling_words():
     assert u[2] == 0b01
     v2 = torch.randint(0, 8, (64, 3), dtype=torch.int32)
     assert torch.equal(F.unpack_rows(F.pack_rows(v2, 3), 3), v2)
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_kernel_pack_round_trip(bits):
-    K, N = 96 if bits == 3 else 64, 40
-    v = torch.randint(0, 1 << bits, (K, N), dtype=torch.int32)
-    words = F.pack_kernel_rows(v, bits)
-    assert words.dtype == torch.int32 and words.shape == (K * bits // 32, N)
-    assert torch.equal(F.unpack_kernel_rows(words, bits, K), v)
-    if bits != 3:  # the kernel layout is the Hub stream
-        assert torch.equal(words, F.pack_rows(v, bits))
 
 
 def test_int3_kernel_encoding():
