@@ -28,7 +28,6 @@ struct V {
   static I and_(I a, uint32_t m) { return _mm256_and_si256(a, _mm256_set1_epi32(static_cast<int>(m))); }
   static I or_(I a, I b) { return _mm256_or_si256(a, b); }
   template <int S> static I srl(I a) { return _mm256_srli_epi32(a, S); }
-  template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
   static F as_float(I a) { return _mm256_castsi256_ps(a); }
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
   static F load_half(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
@@ -37,7 +36,6 @@ struct V {
   static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
   static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
   static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
-  template <int S> static I srl16(I a) { return _mm256_srli_epi16(a, S); }
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return _mm256_srli_epi32(a, s); }
   static I srli16(I a, int s) { return _mm256_srli_epi16(a, s); }

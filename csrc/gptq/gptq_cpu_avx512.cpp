@@ -28,7 +28,6 @@ struct V {
   static I and_(I a, uint32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(static_cast<int>(m))); }
   static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   template <int S> static I srl(I a) { return _mm512_srli_epi32(a, S); }
-  template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
   static F as_float(I a) { return _mm512_castsi512_ps(a); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
   static F load_half(const uint16_t* p) {
@@ -39,7 +38,6 @@ struct V {
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
   static I srlv(I a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
-  template <int S> static I srl16(I a) { return _mm512_srli_epi16(a, S); }
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return _mm512_srli_epi32(a, s); }
   static I srli16(I a, int s) { return _mm512_srli_epi16(a, s); }

@@ -4,9 +4,9 @@
 //   L (fp32 lanes), MR_MAX (activation rows kept in registers), kMantissaExtraction (read integers as denormal
 //   mantissas, x86 SIMD only), F/I (float/int vectors), as_float (bit cast),
 //   zero, set1, load, load_half (8/16 fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,
-//   fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, sll<S>, cvt,
-//   and for the integer path zeroi, bcasti, addi, madd16 (vpmaddwd), srlv (run-time count), srl16<S> (shifts each
-//   16-bit half).
+//   fms(a,b,c)=a*b-c, mul, add, loadi, and_, or_, srl<S>, cvt,
+//   and for the integer path zeroi, bcasti, addi, madd16 (vpmaddwd), srlv (run-time count), srli / srli16 (shift
+//   each 32-bit lane / 16-bit half by a count that folds to a constant), keep (compiler barrier).
 //
 // Small-M (decode) design. One task is one 32-column tile; its K x 32 packed weights (64 KiB at K=4096, int4)
 // are streamed from memory once and re-read from L2 for every further block of MR activation rows. For each
@@ -348,8 +348,8 @@ void small_m_gemm_bits(const SmallMArgs& a, int64_t t0, int64_t t1) {
 // 16/BITS + j; int3 gets its own layout at load, gptq_decode.h). Isolating a field in both halves at once
 // (field16) and multiplying by one broadcast int32 holding the activation pair (gptq_cpu.h, i16_pair_lo/hi)
 // handles two values per lane. int3 costs 8 isolating instructions per word of 10 values, plus 8 for the sliced
-// pair of every 3 words: 64 instructions per 32 values and 8 columns against int4's 56 (measured cached on Zen 3:
-// 23.2 vs 20.2 us per 1M weights), while streaming 25% fewer bytes.
+// pair of every 3 words: 64 instructions per 32 values and 8 columns against int4's 56 (measured on Zen 3, 1
+// thread, weights in L2: 25.7 vs 23.1 us per 1M weights), while streaming 25% fewer bytes.
 
 // Rows [m0, m1): splits each activation block into int16 hi values and exact residuals (see gptq_cpu.h).
 template <int BITS, class T>
@@ -438,14 +438,8 @@ inline typename V::I field16(typename V::I w, int s) {
 template <int BITS>
 inline typename V::I value_at(const int32_t* p, int r) {
   constexpr uint32_t mask = (1u << BITS) - 1u;
-  typename V::I word;
-  if (value_sliced(BITS, r)) {
-    word = V::zeroi();
-    for (int i = 0; i < BITS; ++i)
-      word = V::or_(word, V::and_(V::srlv(V::loadi(p + i * kTileCols), kInt3SpareBit - i), 0x10001u << i));
-  } else {
-    word = V::loadi(p + value_word(BITS, r) * kTileCols);
-  }
+  const typename V::I word =
+      value_sliced(BITS, r) ? sliced_word<BITS>(p) : V::loadi(p + value_word(BITS, r) * kTileCols);
   return V::and_(V::srlv(word, value_shift(BITS, r)), mask);
 }
 

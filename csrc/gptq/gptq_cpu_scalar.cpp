@@ -29,7 +29,6 @@ struct V {
   static I and_(I a, uint32_t m) { return a & m; }
   static I or_(I a, I b) { return a | b; }
   template <int S> static I srl(I a) { return a >> S; }
-  template <int S> static I sll(I a) { return a << S; }
   static F as_float(I a) {
     F f;
     std::memcpy(&f, &a, sizeof f);
@@ -46,7 +45,6 @@ struct V {
     return static_cast<uint32_t>(lo + hi);
   }
   static I srlv(I a, int s) { return a >> s; }
-  template <int S> static I srl16(I a) { return (a >> S) & ((0xFFFFu >> S) * 0x10001u); }  // each half
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return a >> s; }
   static I srli16(I a, int s) { return (a >> s) & ((0xFFFFu >> s) * 0x10001u); }
