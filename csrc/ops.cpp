@@ -19,6 +19,11 @@ TORCH_LIBRARY(slimformer, m) {
   m.def(
       "gptq_gemm(Tensor x, Tensor qtiles, Tensor scale_zero, Tensor? perm, Tensor? bias, int bits, int group_size, "
       "int in_features, int out_features) -> Tensor");
+  // As gptq_gemm, with the activations quantized to int8 per row and block of up to 128 values (the opt-in int8
+  // activation mode, 4-bit weights, CPU only; csrc/gptq/gptq_cpu.h, SmallMA8Args).
+  m.def(
+      "gptq_gemm_a8(Tensor x, Tensor qtiles, Tensor scale_zero, Tensor? perm, Tensor? bias, int bits, "
+      "int group_size, int in_features, int out_features) -> Tensor");
   // W [K, N] in kernel row order, float32.
   m.def(
       "gptq_dequantize(Tensor qtiles, Tensor scale_zero, int bits, int group_size, int in_features, "

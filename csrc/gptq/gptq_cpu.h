@@ -84,6 +84,26 @@ struct SmallMI16Args {
   int64_t M;
 };
 
+// Int8 dynamic-activation mode (opt-in, never the default; 4-bit weights only). Each activation row is quantized per
+// block (the same blocks as the integer path: up to kI16Block rows of K, never crossing a quantization group),
+// symmetrically to int8: amax = max |x| over the block, x8 = round_half_even(x * (127 / amax)), scale = amax / 127,
+// all in fp32 (x8 = 0 and scale = 0 for an all-zero block). The kernel multiplies 4-bit weights by x8 with
+// vpmaddubsw, sums exactly in integers per block, and folds y += scale * (s * sum(x8 q) - s * z * sum(x8)) in fp32.
+// The rounding of x to 8 bits is the mode's only approximation (benchmarks/README.md measures its cost).
+//   xa8    int32 [M, K/4]  per 8-value word u of a row: [2u] = x8 of values 0, 2, 4, 6 (bytes 0..3),
+//                          [2u + 1] = x8 of values 1, 3, 5, 7, matching the nibbles of each byte of a weight word
+//   ascale fp32 [M, NB]    the blocks' scales
+//   asum   fp32 [M, NB]    the blocks' sums of x8 (integers, exact in fp32)
+constexpr bool a8_bits(int64_t bits) { return bits == 4; }
+struct SmallMA8Args {
+  TiledWeight w;
+  const int32_t* xa8;
+  const float* ascale;
+  const float* asum;
+  KernelOutput y;
+  int64_t M;
+};
+
 // One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
 // (kernel row order) the way that ISA's small_m_gemm reads them.
 struct CpuKernels {
@@ -97,6 +117,10 @@ struct CpuKernels {
   bool (*prepare_rows_i16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
                            float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo);
   void (*small_m_gemm_i16)(const SmallMI16Args& a, int64_t t0, int64_t t1);
+  // Int8 dynamic-activation mode (a8_bits(bits) only). prepare_rows_a8 returns false for a row holding inf or NaN.
+  bool (*prepare_rows_a8)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xa8, float* ascale,
+                          float* asum);
+  void (*small_m_gemm_a8)(const SmallMA8Args& a, int64_t t0, int64_t t1);
 };
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();

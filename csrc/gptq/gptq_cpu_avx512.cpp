@@ -37,6 +37,8 @@ struct V {
   static I bcasti(const int32_t* p) { return _mm512_set1_epi32(*p); }
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
+  static I maddubs(I a, I b) { return _mm512_maddubs_epi16(a, b); }
+  static I addi16(I a, I b) { return _mm512_add_epi16(a, b); }
   static I srlv(I a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return _mm512_srli_epi32(a, s); }

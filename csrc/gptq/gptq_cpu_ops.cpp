@@ -155,6 +155,43 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   return y;
 }
 
+// Int8 dynamic-activation mode (gptq_cpu.h, SmallMA8Args): every row count takes the fused kernel (it is faster
+// than dequantize + fp32 GEMM at any M measured, up to 512 rows). A call whose activations hold inf or NaN is
+// computed by the exact path instead, which propagates them as fp32 arithmetic does.
+at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
+                            const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& bias,
+                            int64_t bits, int64_t group_size, int64_t in_features, int64_t out_features) {
+  TORCH_CHECK(a8_bits(bits), "the int8 activation mode needs 4-bit weights, got bits=", bits);
+  const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
+  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
+  const int64_t M = x2.numel() / in_features;
+  at::Tensor y = at::empty(output_shape(x, out_features), x.options());
+  if (M == 0) return y;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined())
+    bias_f = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+  const CpuKernels& kern = kernels_for(active_cpu_isa());
+  const KernelInput in{x2.data_ptr(), bf16};
+  const KernelOutput out{y.data_ptr(), bf16, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_features};
+  const int64_t K = w.K, NB = blocks_i16(w);
+  // One workspace of 4-byte words: xa8 [M, K/4] (int32), ascale [M, NB], asum [M, NB] (fp32).
+  at::Tensor ws = workspace(M * (K / 4) + 2 * M * NB);
+  int32_t* xa8 = ws.data_ptr<int32_t>();
+  float* ascale = reinterpret_cast<float*>(xa8 + M * (K / 4));
+  float* asum = ascale + M * NB;
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
+    if (!kern.prepare_rows_a8(w, in, b, e, xa8, ascale, asum)) ok = false;
+  });
+  if (!ok) return gptq_gemm_cpu(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features);
+  const SmallMA8Args args{w, xa8, ascale, asum, out, M};
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_a8(args, b, e); });
+  return y;
+}
+
 at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale_zero, int64_t bits,
                                int64_t group_size, int64_t in_features, int64_t out_features) {
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
@@ -192,6 +229,7 @@ at::Tensor unpack_bits_cpu(const at::Tensor& words, int64_t bits, int64_t count)
 
 TORCH_LIBRARY_IMPL(slimformer, CPU, m) {
   m.impl("gptq_gemm", &gptq_gemm_cpu);
+  m.impl("gptq_gemm_a8", &gptq_gemm_a8_cpu);
   m.impl("gptq_dequantize", &gptq_dequantize_cpu);
   m.impl("_unpack_bits", &unpack_bits_cpu);
 }

@@ -44,6 +44,22 @@ struct V {
     const int32_t hi = int32_t(int16_t(a >> 16)) * int32_t(int16_t(b >> 16));
     return static_cast<uint32_t>(lo + hi);
   }
+  static I maddubs(I a, I b) {  // vpmaddubsw on one 32-bit lane: unsigned bytes of a times signed bytes of b
+    uint32_t r = 0;
+    for (int h = 0; h < 2; ++h) {
+      int32_t s = 0;
+      for (int j = 0; j < 2; ++j) {
+        const int sh = 16 * h + 8 * j;
+        s += int32_t((a >> sh) & 0xFFu) * int32_t(int8_t((b >> sh) & 0xFFu));
+      }
+      s = s > 32767 ? 32767 : (s < -32768 ? -32768 : s);  // signed saturation, as the instruction
+      r |= (static_cast<uint32_t>(s) & 0xFFFFu) << (16 * h);
+    }
+    return r;
+  }
+  static I addi16(I a, I b) {  // two wrapping 16-bit additions
+    return ((a + b) & 0xFFFFu) | (((a >> 16) + (b >> 16)) << 16);
+  }
   static I srlv(I a, int s) { return a >> s; }
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return a >> s; }

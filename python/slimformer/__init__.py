@@ -5,7 +5,7 @@
 """
 from . import ops
 from .formats import FORMATS, WeightFormat, get_format
-from .gptq import QuantLinear, quantize_weight
+from .gptq import QuantLinear, quantize_weight, set_activation_mode
 from .gptq.config import GPTQConfig
 from .gptq.model import quantize
 from .checkpoint import CheckpointError, load_pretrained, save_pretrained
@@ -19,5 +19,5 @@ except ImportError:  # transformers missing: kernels and modules still work
     pass
 else:
     _register_with_transformers()
-__all__ = ["QuantLinear", "quantize_weight", "GPTQConfig", "quantize", "save_pretrained", "load_pretrained",
+__all__ = ["QuantLinear", "quantize_weight", "set_activation_mode", "GPTQConfig", "quantize", "save_pretrained", "load_pretrained",
            "CheckpointError", "replace_linear", "ops", "FORMATS", "WeightFormat", "get_format", "__version__"]

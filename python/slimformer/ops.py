@@ -35,6 +35,11 @@ if HAS_NATIVE:
         torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
         return x.new_empty((*x.shape[:-1], out_features))
 
+    @torch.library.register_fake("slimformer::gptq_gemm_a8")
+    def _gptq_gemm_a8_fake(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features):
+        torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
+        return x.new_empty((*x.shape[:-1], out_features))
+
     @torch.library.register_fake("slimformer::gptq_dequantize")
     def _gptq_dequantize_fake(qtiles, scale_zero, bits, group_size, in_features, out_features):
         return scale_zero.new_empty((in_features, out_features), dtype=torch.float32)
@@ -62,6 +67,18 @@ def gptq_gemm(x, qtiles, scale_zero, perm, bias, bits: int, group_size: int, in_
     _warn_fallback()
     return gptq_format.reference_tiled_gemm(x, qtiles, scale_zero, perm, bias, bits=bits, group_size=group_size,
                                             in_features=in_features, out_features=out_features)
+
+
+def gptq_gemm_a8(x, qtiles, scale_zero, perm, bias, bits: int, group_size: int, in_features: int,
+                 out_features: int) -> torch.Tensor:
+    """The int8 activation mode of gptq_gemm (4-bit weights, CPU): activations rounded to int8 per row and block of
+    up to 128 values, then exact integer products with the weights."""
+    if HAS_NATIVE:
+        return torch.ops.slimformer.gptq_gemm_a8.default(x, qtiles, scale_zero, perm, bias, bits, group_size,
+                                                         in_features, out_features)
+    _warn_fallback()
+    return gptq_format.reference_tiled_gemm_a8(x, qtiles, scale_zero, perm, bias, bits=bits, group_size=group_size,
+                                               in_features=in_features, out_features=out_features)
 
 
 def gptq_dequantize(qtiles, scale_zero, bits: int, group_size: int, in_features: int,

@@ -1,7 +1,7 @@
 """GPTQ int2/3/4/8 weight-only quantization: format (format.py), offline algorithm (algorithm.py), the module
 (module.py) and whole-model compression (model.py)."""
 from .algorithm import GPTQResult, HessianAccumulator, gptq, quantization_grid, reconstruction_error, round_to_nearest
-from .module import QuantLinear, quantize_weight
+from .module import QuantLinear, quantize_weight, set_activation_mode
 
-__all__ = ["QuantLinear", "quantize_weight", "gptq", "GPTQResult", "HessianAccumulator", "quantization_grid",
+__all__ = ["QuantLinear", "quantize_weight", "set_activation_mode", "gptq", "GPTQResult", "HessianAccumulator", "quantization_grid",
            "reconstruction_error", "round_to_nearest"]

@@ -332,3 +332,45 @@ def reference_tiled_gemm(x, qtiles, scale_zero, perm, bias, *, bits: int, group_
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
+
+
+A8_BLOCK = 128  # activation block of the int8 mode (csrc/gptq/gptq_cpu.h: kI16Block)
+
+
+def quantize_activations_a8(xk: torch.Tensor, *, group_size: int, in_features: int):
+    """The int8 activation mode's quantization of kernel-order activations xk [M, K] (float32): per row and block
+    of up to A8_BLOCK values inside each group, x8 = round_half_even(x * (127 / amax)) and scale = amax / 127, all
+    in float32 as the kernel computes them. Returns x8 [M, K] (float32 holding integers) and per-value scales
+    [M, K]."""
+    K = in_features
+    gs = min(group_size, K)
+    x8 = torch.zeros_like(xk)
+    scale = torch.zeros_like(xk)
+    for g0 in range(0, K, gs):
+        for k0 in range(g0, min(g0 + gs, K), A8_BLOCK):
+            k1 = min(k0 + A8_BLOCK, g0 + gs, K)
+            blk = xk[:, k0:k1]
+            amax = blk.abs().amax(dim=1, keepdim=True)
+            inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+            x8[:, k0:k1] = torch.round(blk * inv)
+            scale[:, k0:k1] = amax / 127.0
+    return x8, scale
+
+
+def reference_tiled_gemm_a8(x, qtiles, scale_zero, perm, bias, *, bits: int, group_size: int, in_features: int,
+                            out_features: int) -> torch.Tensor:
+    """Spec of slimformer::gptq_gemm_a8 (the int8 activation mode): x[..., perm] quantized per row and block by
+    quantize_activations_a8, times W, in float64; output in x.dtype. Blocks whose rows hold inf or NaN are not
+    quantized by the kernel (it falls back to gptq_gemm); this reference does not model that case."""
+    if bits != 4:
+        raise ValueError(f"the int8 activation mode needs 4-bit weights, got bits={bits}")
+    W = reference_tiled_dequantize(qtiles, scale_zero, bits=bits, group_size=group_size, in_features=in_features,
+                                   out_features=out_features).to(torch.float64)
+    xk = x.to(torch.float32).reshape(-1, in_features)
+    if perm is not None:
+        xk = xk[:, perm]
+    x8, scale = quantize_activations_a8(xk, group_size=group_size, in_features=in_features)
+    y = (x8.to(torch.float64) * scale.to(torch.float64)) @ W
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
