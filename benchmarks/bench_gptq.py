@@ -4,7 +4,8 @@
 Times y = x @ W for one linear layer at a time, cycling over `--layers` distinct weights so that the working set
 is larger than the last-level cache (what a real model's decode step sees), and reports the median time per
 layer. Compared on the CPU:
-  slimformer int4 / int3 (group 128) with fp32 and bf16 activations,
+  slimformer int4 / int3 (group 128) with fp32 and bf16 activations (exact products),
+  slimformer int4 in the opt-in int8 activation mode ("-a8-": activations rounded to int8 per 128-value block),
   dense torch fp32 and bf16 nn.functional.linear,
   torch's own int4 CPU op (aten._weight_int4pack_mm_for_cpu, bf16),
   ONNX Runtime MatMulNBits int4 (block 128) at accuracy_level 0 (fp32) and 4 (int8 activations), if installed.
@@ -128,6 +129,9 @@ def bench_cpu(shapes, ms, layers_for, rounds, threads, methods):
             if name.startswith("slimformer-int"):
                 bits = int(name[len("slimformer-int")])
                 ql = [random_quant_layer(K, N, bits, group) for _ in range(L)]
+                if "-a8-" in name:  # the opt-in int8 activation mode
+                    for q in ql:
+                        q.activation_mode = "int8"
                 dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
                 fn_for = lambda x, ql=ql: (lambda i: ql[i](x))  # noqa: E731
                 nbytes = weight_bytes(K, N, bits, group)
@@ -293,7 +297,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--methods", nargs="+", default=[
         "slimformer-int4-fp32", "slimformer-int3-fp32", "slimformer-int4-bf16", "slimformer-int3-bf16",
-        "torch-dense-fp32", "torch-dense-bf16", "torch-int4-bf16", "ort-int4-acc0", "ort-int4-acc4"])
+        "slimformer-int4-a8-fp32", "slimformer-int4-a8-bf16", "torch-dense-fp32", "torch-dense-bf16",
+        "torch-int4-bf16", "ort-int4-acc0", "ort-int4-acc4"])
     p.add_argument("--json", default="benchmarks/results/gptq_cpu.json")
     p.add_argument("--goals", action="store_true", help="measure issue 2's goal ratios side by side (paired rounds)")
     p.add_argument("--goals-only", action="store_true", help="only the paired goal measurement, no tables")

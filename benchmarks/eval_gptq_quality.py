@@ -100,14 +100,14 @@ def train_tiny_lm(workdir: Path, steps: int, seqlen: int, batch: int, seed: int 
     return out
 
 
-def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int):
+def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int, settings=None, int8_rows: bool = False):
     _, held_out = corpus()
     dense, tokenizer = ev.load_model(model_dir)
     train, _ = corpus()
     calib = ev.calibration_windows(ev.token_ids(tokenizer, train), nsamples, seqlen, seed=1)
     test_ids = ev.token_ids(tokenizer, held_out)
     rows = [{"model": "fp32", "bits": 32, "perplexity": ev.perplexity(dense, test_ids, seqlen, progress=False)}]
-    for label, fields in tqdm(rows_to_run(None), desc="tiny LM settings"):
+    for label, fields in tqdm(settings or rows_to_run(None), desc="tiny LM settings"):
         model, _ = ev.load_model(model_dir)
         cfg = slimformer.GPTQConfig(**fields)
         t0 = time.perf_counter()
@@ -116,6 +116,10 @@ def tiny_lm_table(model_dir: Path, seqlen: int, nsamples: int):
         ppl = ev.perplexity(model, test_ids, seqlen, progress=False)
         rows.append({"model": label, "bits": cfg.bits, "perplexity": ppl, "quantize s": took})
         print(rows[-1])
+        if int8_rows and slimformer.set_activation_mode(model, "int8"):
+            ppl = ev.perplexity(model, test_ids, seqlen, progress=False)
+            rows.append({"model": f"{label}, int8 activations", "bits": cfg.bits, "perplexity": ppl})
+            print(rows[-1])
     return rows, int(test_ids.numel())
 
 
@@ -127,7 +131,8 @@ def rows_to_run(configs: list[str] | None):
             for bits in (4, 3) for label, extra in SETTINGS]
 
 
-def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None):
+def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None, settings=None,
+                 int8_rows: bool = False):
     """nsamples calibration sentences (~25 tokens each, so 512 of them hold ~13k tokens: fewer starve the Hessians
     of the 1536-wide FFN inputs; 128 sentences gave 0.986 instead of 0.989 for GPTQ act-order int4)."""
     try:
@@ -142,7 +147,7 @@ def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None):
     test = ev.sample_sentences(held_out, n_eval, rng)
     reference, tokenizer = ev.load_model(model_dir)
     rows = []
-    for label, fields in tqdm(rows_to_run(configs), desc="MiniLM settings"):
+    for label, fields in tqdm(settings or rows_to_run(configs), desc="MiniLM settings"):
         model, _ = ev.load_model(model_dir)
         cfg = slimformer.GPTQConfig(**fields)
         t0 = time.perf_counter()
@@ -153,6 +158,10 @@ def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None):
         rows.append({"model": label, "bits": cfg.bits, **fid, "quantize s": took,
                      "calibration sentences": len(calib) if cfg.method == "gptq" else 0})
         print(rows[-1])
+        if int8_rows and slimformer.set_activation_mode(model, "int8"):
+            fid = ev.embedding_fidelity(model, reference, tokenizer, test)
+            rows.append({"model": f"{label}, int8 activations", "bits": cfg.bits, **fid})
+            print(rows[-1])
     return rows
 
 
@@ -168,6 +177,9 @@ def main():
     p.add_argument("--minilm-configs", nargs="+", metavar="JSON",
                    help='MiniLM only, these GPTQConfig settings instead of the standard rows (a sweep), e.g. '
                         '\'{"bits": 3, "desc_act": true, "mse": true}\'; results are printed, not saved')
+    p.add_argument("--int8-activations", action="store_true",
+                   help="the accuracy cost of the int8 activation mode: int4 RTN and GPTQ act-order rows, each also "
+                        "run with activation_mode='int8'; saved under 'int8_activations'")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-lm", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "results" / "gptq_quality.json")
@@ -176,6 +188,18 @@ def main():
         args.skip_lm = True
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    if args.int8_activations:
+        settings = [("RTN int4 g128", dict(method="rtn", bits=4, group_size=128)),
+                    ("GPTQ act-order int4 g128", dict(bits=4, group_size=128, desc_act=True))]
+        model_dir = train_tiny_lm(args.workdir, args.steps, args.seqlen, args.batch)
+        lm_rows, tokens = tiny_lm_table(model_dir, args.seqlen, args.nsamples, settings, int8_rows=True)
+        print(f"\nTiny LLaMA (4x256), held-out perplexity over {tokens} tokens:")
+        print(ev.markdown_table(lm_rows, ["model", "perplexity"]))
+        mini_rows = minilm_table(args.minilm_calib, args.minilm_eval, None, settings, int8_rows=True) or []
+        print("\nall-MiniLM-L6-v2, cosine to the fp32 embeddings on held-out sentences:")
+        print(ev.markdown_table(mini_rows, ["model", "mean_cosine", "p05_cosine", "min_cosine"]))
+        result = {"int8_activations": dict(result, tiny_lm=lm_rows, minilm=mini_rows)}
+        args.skip_lm = args.skip_minilm = True
     if not args.skip_lm:
         model_dir = train_tiny_lm(args.workdir, args.steps, args.seqlen, args.batch)
         rows, tokens = tiny_lm_table(model_dir, args.seqlen, args.nsamples)
