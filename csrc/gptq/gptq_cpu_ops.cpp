@@ -127,56 +127,63 @@ void large_m_path(const at::Tensor& x, const TiledWeight& w, const at::Tensor& b
   if (!y32.is_same(y)) y.copy_(y32);
 }
 
+// What both GEMM ops set up from their arguments: checked, kernel-order activations x2 [M, K] (x itself when
+// possible), the output y in x's dtype and shape, an fp32 bias (every path adds it to the fp32 result before
+// rounding to y's dtype), and the kernels' views of them.
+struct GemmCall {
+  at::Tensor x2, y, bias_f;
+  int64_t M;
+  KernelInput in;
+  KernelOutput out;
+};
+
+GemmCall prepare_gemm_call(const at::Tensor& x, const TiledWeight& w, const c10::optional<at::Tensor>& perm,
+                           const c10::optional<at::Tensor>& bias, const at::Device& device) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
+  GemmCall c;
+  c.x2 = prepare_activations(x, perm, bias, w.K, w.N, device);
+  c.M = c.x2.numel() / w.K;
+  // The kernels read x in its own dtype and write y in it: no converted copies on the decode path.
+  c.y = at::empty(output_shape(x, w.N), x.options());
+  if (bias.has_value() && bias->defined())
+    c.bias_f = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  c.in = KernelInput{c.x2.data_ptr(), bf16};
+  c.out = KernelOutput{c.y.data_ptr(), bf16, c.bias_f.defined() ? c.bias_f.data_ptr<float>() : nullptr, w.N};
+  return c;
+}
+
 at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
                          const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& bias, int64_t bits,
                          int64_t group_size, int64_t in_features, int64_t out_features) {
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
-  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
-  const int64_t M = x2.numel() / in_features;
-  // The kernels read x in its own dtype and write y in it: no converted copies on the decode path.
-  at::Tensor y = at::empty(output_shape(x, out_features), x.options());
-  if (M == 0) return y;
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  at::Tensor bias_f;  // fp32: every path adds the bias to the fp32 result before rounding to y's dtype
-  if (bias.has_value() && bias->defined())
-    bias_f = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+  GemmCall c = prepare_gemm_call(x, w, perm, bias, qtiles.device());
+  if (c.M == 0) return c.y;
   const CpuKernels& kern = kernels_for(active_cpu_isa());
-  if (M >= large_m_threshold()) {
-    at::Tensor y2 = y.view({M, out_features});
-    large_m_path(x2.view({M, in_features}), w, bias_f, y2, kern);
-    return y;
+  if (c.M >= large_m_threshold()) {
+    at::Tensor y2 = c.y.view({c.M, out_features});
+    large_m_path(c.x2.view({c.M, in_features}), w, c.bias_f, y2, kern);
+    return c.y;
   }
-  const KernelInput in{x2.data_ptr(), bf16};
-  const KernelOutput out{y.data_ptr(), bf16, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_features};
-  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(in, M, w, out, kern)))
-    small_m_path(in, M, w, out, kern);
-  return y;
+  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(c.in, c.M, w, c.out, kern)))
+    small_m_path(c.in, c.M, w, c.out, kern);
+  return c.y;
 }
 
-// Int8 dynamic-activation mode (gptq_cpu.h, SmallMA8Args): every row count takes the fused kernel (it is faster
-// than dequantize + fp32 GEMM at any M measured, up to 512 rows). A call whose activations hold inf or NaN is
-// computed by the exact path instead, which propagates them as fp32 arithmetic does.
+// Int8 dynamic-activation mode (gptq_cpu.h, SmallMA8Args). Every row count takes the fused kernel: measured up to
+// 128 rows it takes about half the exact fused kernel's time, and that kernel itself beats dequantize + fp32 GEMM
+// below 256 rows; larger M has not been measured against the dequantize path. A call whose activations hold inf
+// or NaN is computed by the exact path instead, which propagates them as fp32 arithmetic does.
 at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
                             const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& bias,
                             int64_t bits, int64_t group_size, int64_t in_features, int64_t out_features) {
   TORCH_CHECK(a8_bits(bits), "the int8 activation mode needs 4-bit weights, got bits=", bits);
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "x must be float32 or bfloat16 on the CPU, got ", c10::toString(x.scalar_type()));
-  const at::Tensor x2 = prepare_activations(x, perm, bias, in_features, out_features, qtiles.device());
-  const int64_t M = x2.numel() / in_features;
-  at::Tensor y = at::empty(output_shape(x, out_features), x.options());
-  if (M == 0) return y;
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined())
-    bias_f = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+  GemmCall c = prepare_gemm_call(x, w, perm, bias, qtiles.device());
+  const int64_t M = c.M, K = w.K, NB = blocks_i16(w);
+  if (M == 0) return c.y;
   const CpuKernels& kern = kernels_for(active_cpu_isa());
-  const KernelInput in{x2.data_ptr(), bf16};
-  const KernelOutput out{y.data_ptr(), bf16, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_features};
-  const int64_t K = w.K, NB = blocks_i16(w);
   // One workspace of 4-byte words: xa8 [M, K/4] (int32), ascale [M, NB], asum [M, NB] (fp32).
   at::Tensor ws = workspace(M * (K / 4) + 2 * M * NB);
   int32_t* xa8 = ws.data_ptr<int32_t>();
@@ -184,12 +191,12 @@ at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const
   float* asum = ascale + M * NB;
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
-    if (!kern.prepare_rows_a8(w, in, b, e, xa8, ascale, asum)) ok = false;
+    if (!kern.prepare_rows_a8(w, c.in, b, e, xa8, ascale, asum)) ok = false;
   });
   if (!ok) return gptq_gemm_cpu(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features);
-  const SmallMA8Args args{w, xa8, ascale, asum, out, M};
+  const SmallMA8Args args{w, xa8, ascale, asum, c.out, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_a8(args, b, e); });
-  return y;
+  return c.y;
 }
 
 at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale_zero, int64_t bits,
