@@ -83,7 +83,7 @@ def test_non_finite_activations_use_the_exact_path(cpu_isa, bad):
     torch.testing.assert_close(y, layer(x), equal_nan=True)
 
 
-def test_matches_exact_mode_closely_and_scalar_path_agrees(monkeypatch):
+def test_scalar_and_default_paths_agree(monkeypatch):
     layer = _layer(256, 96, 128, True)
     x = torch.randn(5, 256)
     monkeypatch.setenv("SLIMFORMER_CPU_ISA", "scalar")

@@ -592,7 +592,7 @@ void small_m_gemm_i16_bits(const SmallMI16Args& a, int64_t t0, int64_t t1) {
 // twice the products of vpmaddwd, and a byte holds one int4 value after a single AND (the low nibbles) or a 16-bit
 // shift and an AND (the high nibbles). Per 8-value word and 8 columns: 3 decode instructions shared by the rows,
 // then per row 2 vpmaddubsw + 2 16-bit adds, plus a widening vpmaddwd + add every 4 words: ~4.5 instructions per 64
-// multiply-adds and row against ~11 for the exact integer kernel.
+// multiply-adds and row, against 6 shared and 8 per row (4 vpmaddwd + 4 adds) in the exact integer kernel.
 // Overflow: a 16-bit lane gains at most 2 * 15 * 127 = 3810 per vpmaddubsw (no saturation), 2 per word, so 4 words
 // (8 additions, at most 30480) fit before the lanes are widened into int32 with vpmaddwd by ones.
 constexpr int64_t kA8WidenWords = 4;
