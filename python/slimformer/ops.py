@@ -30,15 +30,13 @@ def _warn_fallback():
 
 
 if HAS_NATIVE:
-    @torch.library.register_fake("slimformer::gptq_gemm")
     def _gptq_gemm_fake(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features):
         torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
         return x.new_empty((*x.shape[:-1], out_features))
 
-    @torch.library.register_fake("slimformer::gptq_gemm_a8")
-    def _gptq_gemm_a8_fake(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features):
-        torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
-        return x.new_empty((*x.shape[:-1], out_features))
+    # Both GEMM ops (exact and int8 activation mode) share a schema and an output shape.
+    torch.library.register_fake("slimformer::gptq_gemm")(_gptq_gemm_fake)
+    torch.library.register_fake("slimformer::gptq_gemm_a8")(_gptq_gemm_fake)
 
     @torch.library.register_fake("slimformer::gptq_dequantize")
     def _gptq_dequantize_fake(qtiles, scale_zero, bits, group_size, in_features, out_features):

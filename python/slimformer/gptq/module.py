@@ -155,15 +155,19 @@ class QuantLinear(nn.Module):
     def activation_mode(self) -> str:
         """"exact" (default): every product of a weight with an fp32 or bf16 activation is exact, sums in fp32.
         "int8" (opt-in, 4-bit weights, CPU): activations are rounded to int8 per row and block of up to 128
-        values before an integer product, ~1.5-2x faster from 4 rows up at a measured accuracy cost
+        values before an integer product, 1.7-2.0x faster from 4 rows up (measured) at a measured accuracy cost
         (benchmarks/README.md). Not saved in the state_dict."""
         return "int8" if self._act_int8 else "exact"
+
+    def supports_activation_mode(self, mode: str) -> bool:
+        """Whether this layer can run in `mode` ("int8" needs 4-bit weights)."""
+        return mode == "exact" or (mode == "int8" and self.bits == 4)
 
     @activation_mode.setter
     def activation_mode(self, mode: str):
         if mode not in self.ACTIVATION_MODES:
             raise ValueError(f"activation_mode must be one of {self.ACTIVATION_MODES}, got {mode!r}")
-        if mode == "int8" and self.bits != 4:
+        if not self.supports_activation_mode(mode):
             raise ValueError(f"the int8 activation mode needs 4-bit weights, this layer has bits={self.bits}")
         self._act_int8 = mode == "int8"
 
@@ -236,7 +240,7 @@ def set_activation_mode(model: nn.Module, mode: str) -> int:
         raise ValueError(f"mode must be one of {QuantLinear.ACTIVATION_MODES}, got {mode!r}")
     n = 0
     for m in model.modules():
-        if isinstance(m, QuantLinear) and (mode == "exact" or m.bits == 4):
+        if isinstance(m, QuantLinear) and m.supports_activation_mode(mode):
             m.activation_mode = mode
             n += 1
     return n
