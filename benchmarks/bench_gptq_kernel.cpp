@@ -1,10 +1,11 @@
 // Raw-kernel benchmark of the GPTQ small-M CPU kernel: no torch, no Python, no dispatcher overhead.
 // Streams `layers` distinct random weights (more than fit in the last-level cache) and reports the median time
 // per layer, the effective weight-read bandwidth, and the GFLOP/s, for each ISA path the CPU supports: the float
-// kernel (fp32 activations) and, for 2/4/8 bits, the integer kernel that bf16 activations take ("-i16" rows).
+// kernel (fp32 activations), for 2/4/8 bits the integer kernel that bf16 activations take ("-i16" rows), and for
+// 4 bits the opt-in int8 activation mode ("-a8" rows; activation quantization not timed, as for the others).
 //
 // usage: bench_gptq_kernel [--k 4096] [--n 4096] [--m 1] [--bits 4] [--group 128] [--layers 16] [--iters 20]
-//                          [--threads 2] [--json]
+//                          [--threads 2] [--isa scalar|avx2|avx512] [--json]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -26,6 +27,7 @@ namespace {
 struct Options {
   int64_t k = 4096, n = 4096, m = 1, bits = 4, group = 128, layers = 16, iters = 20, threads = 2;
   bool json = false;
+  std::string isa;  // empty: every ISA path the CPU supports
 };
 
 Options parse(int argc, char** argv) {
@@ -48,10 +50,15 @@ Options parse(int argc, char** argv) {
     else if (a == "--iters") o.iters = next();
     else if (a == "--threads") o.threads = next();
     else if (a == "--json") o.json = true;
+    else if (a == "--isa" && i + 1 < argc) o.isa = argv[++i];
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       std::exit(2);
     }
+  }
+  if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512")) {
+    std::fprintf(stderr, "--isa must be scalar, avx2 or avx512, got %s\n", o.isa.c_str());
+    std::exit(2);
   }
   if (o.group <= 0) o.group = o.k;
   return o;
@@ -128,6 +135,9 @@ int main(int argc, char** argv) {
   std::vector<int32_t> xq(o.m * o.k / 2), res_off(o.m * (nb + 1)), res_k(o.m * o.k);
   std::vector<float> bscale(o.m * nb), res_lo(o.m * o.k);
   std::vector<SmallMI16Args> args_i16(o.layers);
+  std::vector<int32_t> xa8(o.m * o.k / 4);
+  std::vector<float> ascale(o.m * nb), asum(o.m * nb);
+  std::vector<SmallMA8Args> args_a8(o.layers);
   for (int64_t l = 0; l < o.layers; ++l) {
     q[l].resize(shape.n_tiles() * shape.k_words() * kTileCols);
     for (auto& v : q[l]) v = static_cast<int32_t>(rng());
@@ -141,6 +151,7 @@ int main(int argc, char** argv) {
     args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), out, o.m};
     args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), res_off.data(), res_k.data(),
                                 res_lo.data(), out, o.m};
+    args_a8[l] = SmallMA8Args{w, xa8.data(), ascale.data(), asum.data(), out, o.m};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 4;
   struct Path {
@@ -160,12 +171,16 @@ int main(int argc, char** argv) {
     std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",
                 "GB/s", "GFLOP/s");
   const KernelInput in{x.data(), false};  // fp32 holding bf16 values
+  enum Kind { kFloat, kI16, kA8 };
   for (const Path& p : paths)
-    for (const bool integer : {false, true}) {
-    if (!p.ok || (integer && !i16_bits(o.bits))) continue;
+    for (const Kind kind : {kFloat, kI16, kA8}) {
+    if (!p.ok || (!o.isa.empty() && o.isa != p.name) || (kind == kI16 && !i16_bits(o.bits)) || (kind == kA8 && !a8_bits(o.bits))) continue;
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
     double ms = 0;
-    if (integer) {
+    if (kind == kA8) {
+      p.kern.prepare_rows_a8(shape, in, 0, o.m, xa8.data(), ascale.data(), asum.data());
+      ms = run_ms(p.kern.small_m_gemm_a8, args_a8, o.threads, iters);
+    } else if (kind == kI16) {
       p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
                               res_k.data(), res_lo.data());
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
@@ -173,7 +188,7 @@ int main(int argc, char** argv) {
       p.kern.prepare_rows(shape, in, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
       ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
     }
-    const std::string name = std::string(p.name) + (integer ? "-i16" : "");
+    const std::string name = std::string(p.name) + (kind == kI16 ? "-i16" : kind == kA8 ? "-a8" : "");
     const double gbs = weight_bytes / (ms * 1e-3) / 1e9;
     const double gflops = 2.0 * o.m * o.k * o.n / (ms * 1e-3) / 1e9;
     if (o.json)
