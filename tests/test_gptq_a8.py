@@ -11,7 +11,7 @@ from slimformer.gptq import format as F
 # (K, N, group_size): K not a multiple of 64, N not of 32, per-channel, a short last group, groups of 32 and 64
 # (blocks shorter than 128), and K > 128 per group (two blocks per group).
 CASES = [(200, 72, 32), (200, 72, 64), (200, 72, 128), (200, 72, -1), (256, 40, 128), (384, 48, 256)]
-ROWS = [1, 2, 3, 5, 17, 130]
+ROWS = [1, 2, 3, 5, 7, 17, 130]  # from 7 rows: the many-row kernel, with 3-, 1- and 2-row tails
 
 
 def _layer(K, N, gs, act_order, cf="gptq", bias=True):
@@ -153,7 +153,8 @@ def test_reference_fallback_matches_kernel():
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_largest_integer_sums_do_not_overflow(cpu_isa, sign):
+@pytest.mark.parametrize("rows", [2, 8])  # the few-row and the many-row kernel
+def test_largest_integer_sums_do_not_overflow(cpu_isa, sign, rows):
     """Every weight 15 and every activation at +-amax: each 16-bit lane reaches the largest sum the kernel allows
     before widening (4 words: 30480); one more word would wrap."""
     K, N = 256, 32
@@ -161,5 +162,5 @@ def test_largest_integer_sums_do_not_overflow(cpu_isa, sign):
     layer = QuantLinear.from_int(q, torch.ones(1, N, dtype=torch.float16), torch.zeros(1, N, dtype=torch.int32),
                                  bits=4, group_size=-1, checkpoint_format="gptq_v2")
     layer.activation_mode = "int8"
-    x = torch.full((2, K), sign)
-    torch.testing.assert_close(layer(x), torch.full((2, N), sign * 15 * K))
+    x = torch.full((rows, K), sign)
+    torch.testing.assert_close(layer(x), torch.full((rows, N), sign * 15 * K))

@@ -25,6 +25,7 @@ struct V {
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static I loadi(const int32_t* p) { return _mm512_loadu_si512(reinterpret_cast<const __m512i*>(p)); }
+  static void storei(int32_t* p, I v) { _mm512_storeu_si512(reinterpret_cast<__m512i*>(p), v); }
   static I and_(I a, uint32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(static_cast<int>(m))); }
   static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   template <int S> static I srl(I a) { return _mm512_srli_epi32(a, S); }

@@ -26,6 +26,7 @@ struct V {
   static F add(F a, F b) { return a + b; }
   static F mul(F a, F b) { return a * b; }
   static I loadi(const int32_t* p) { return static_cast<uint32_t>(*p); }
+  static void storei(int32_t* p, I v) { *p = static_cast<int32_t>(v); }
   static I and_(I a, uint32_t m) { return a & m; }
   static I or_(I a, I b) { return a | b; }
   template <int S> static I srl(I a) { return a >> S; }

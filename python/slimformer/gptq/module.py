@@ -155,7 +155,7 @@ class QuantLinear(nn.Module):
     def activation_mode(self) -> str:
         """"exact" (default): every product of a weight with an fp32 or bf16 activation is exact, sums in fp32.
         "int8" (opt-in, 4-bit weights, CPU): activations are rounded to int8 per row and block of up to 128
-        values before an integer product, 1.7-2.0x faster from 4 rows up (measured) at a measured accuracy cost
+        values before an integer product, 1.7-2.2x faster from 4 rows up (measured) at a measured accuracy cost
         (benchmarks/README.md). Not saved in the state_dict."""
         return "int8" if self._act_int8 else "exact"
 
