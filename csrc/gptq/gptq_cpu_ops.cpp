@@ -154,20 +154,24 @@ GemmCall prepare_gemm_call(const at::Tensor& x, const TiledWeight& w, const c10:
   return c;
 }
 
+// The exact GEMM of a set-up call (M > 0) into c.y.
+void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype, const CpuKernels& kern) {
+  if (c.M >= large_m_threshold()) {
+    at::Tensor y2 = c.y.view({c.M, w.N});
+    large_m_path(c.x2.view({c.M, w.K}), w, c.bias_f, y2, kern);
+    return;
+  }
+  if (!(use_integer_path(x_dtype, w.bits) && small_m_i16_path(c.in, c.M, w, c.out, kern)))
+    small_m_path(c.in, c.M, w, c.out, kern);
+}
+
 at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
                          const c10::optional<at::Tensor>& perm, const c10::optional<at::Tensor>& bias, int64_t bits,
                          int64_t group_size, int64_t in_features, int64_t out_features) {
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   GemmCall c = prepare_gemm_call(x, w, perm, bias, qtiles.device());
   if (c.M == 0) return c.y;
-  const CpuKernels& kern = kernels_for(active_cpu_isa());
-  if (c.M >= large_m_threshold()) {
-    at::Tensor y2 = c.y.view({c.M, out_features});
-    large_m_path(c.x2.view({c.M, in_features}), w, c.bias_f, y2, kern);
-    return c.y;
-  }
-  if (!(use_integer_path(x.scalar_type(), bits) && small_m_i16_path(c.in, c.M, w, c.out, kern)))
-    small_m_path(c.in, c.M, w, c.out, kern);
+  exact_gemm(c, w, x.scalar_type(), kernels_for(active_cpu_isa()));
   return c.y;
 }
 
@@ -193,7 +197,10 @@ at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const
   at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
     if (!kern.prepare_rows_a8(w, c.in, b, e, xa8, ascale, asum)) ok = false;
   });
-  if (!ok) return gptq_gemm_cpu(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features);
+  if (!ok) {  // the same call set-up serves the exact path
+    exact_gemm(c, w, x.scalar_type(), kern);
+    return c.y;
+  }
   const SmallMA8Args args{w, xa8, ascale, asum, c.out, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_a8(args, b, e); });
   return c.y;
