@@ -5,7 +5,7 @@
 // 4 bits the opt-in int8 activation mode ("-a8" rows; activation quantization not timed, as for the others).
 //
 // usage: bench_gptq_kernel [--k 4096] [--n 4096] [--m 1] [--bits 4] [--group 128] [--layers 16] [--iters 20]
-//                          [--threads 2] [--isa scalar|avx2|avx512] [--json]
+//                          [--threads 2] [--isa scalar|avx2|avx512|avx512vnni] [--json]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -56,8 +56,8 @@ Options parse(int argc, char** argv) {
       std::exit(2);
     }
   }
-  if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512")) {
-    std::fprintf(stderr, "--isa must be scalar, avx2 or avx512, got %s\n", o.isa.c_str());
+  if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512" || o.isa == "avx512vnni")) {
+    std::fprintf(stderr, "--isa must be scalar, avx2, avx512 or avx512vnni, got %s\n", o.isa.c_str());
     std::exit(2);
   }
   if (o.group <= 0) o.group = o.k;
@@ -166,6 +166,9 @@ int main(int argc, char** argv) {
       {"avx512", cpu_kernels_avx512(),
        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl")},
+      {"avx512vnni", cpu_kernels_avx512vnni(),
+       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")},
   };
   if (!o.json)
     std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",

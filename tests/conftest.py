@@ -9,12 +9,12 @@ from slimformer import ops
 def _supported_isas():
     feats = ops.cpu_features()  # e.g. "isa=avx2 avx2=1 avx512=0 ..."
     best = feats.split()[0].split("=")[1]
-    order = ["scalar", "avx2", "avx512"]
+    order = ["scalar", "avx2", "avx512", "avx512vnni"]
     return order[: order.index(best) + 1]
 
 
 SUPPORTED_ISAS = _supported_isas()
-ALL_ISAS = ["scalar", "avx2", "avx512"]
+ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni"]
 
 
 @pytest.fixture(params=ALL_ISAS)

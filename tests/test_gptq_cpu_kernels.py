@@ -106,6 +106,13 @@ def test_integer_kernel_residuals_and_extreme_ranges(cpu_isa, monkeypatch, bits)
     x[4, :K // 2] *= 1e30
     x[4, K // 2:] *= 1e-30
     x = _bf16_values(x)
+    # fp32 rows whose block maximum lies just below a power of two: max * 2^(15-e) rounds up to 2^15, which must not
+    # wrap to -2^15 in int16 (the largest value below 1, and one below 2^-3 with a negative twin).
+    edge = torch.rand(2, K) * 0.5
+    edge[0, 5] = 0.99999994
+    edge[1, 100] = -0.12499999
+    edge[1, 200] = 0.12499999
+    x = torch.cat([x, edge])
     ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=128, in_features=K, out_features=N)
     y = layer(x)
     for m in range(x.shape[0]):

@@ -27,12 +27,16 @@ bool cpu_has(const char* feature) {
 }  // namespace
 
 CpuIsa detected_cpu_isa() {
-  static const CpuIsa isa = cpu_has("avx512") ? CpuIsa::kAvx512 : cpu_has("avx2") ? CpuIsa::kAvx2 : CpuIsa::kScalar;
+  static const CpuIsa isa = cpu_has("avx512") && cpu_has("avx512vnni") ? CpuIsa::kAvx512Vnni
+                            : cpu_has("avx512")                        ? CpuIsa::kAvx512
+                            : cpu_has("avx2")                          ? CpuIsa::kAvx2
+                                                                       : CpuIsa::kScalar;
   return isa;
 }
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAvx512Vnni: return "avx512vnni";
     case CpuIsa::kAvx512: return "avx512";
     case CpuIsa::kAvx2: return "avx2";
     default: return "scalar";
@@ -43,19 +47,13 @@ CpuIsa active_cpu_isa() {
   const char* forced = std::getenv("SLIMFORMER_CPU_ISA");
   const CpuIsa best = detected_cpu_isa();
   if (forced == nullptr || *forced == '\0') return best;
-  CpuIsa want;
-  if (!std::strcmp(forced, "scalar")) {
-    want = CpuIsa::kScalar;
-  } else if (!std::strcmp(forced, "avx2")) {
-    want = CpuIsa::kAvx2;
-  } else if (!std::strcmp(forced, "avx512")) {
-    want = CpuIsa::kAvx512;
-  } else {
-    TORCH_CHECK(false, "SLIMFORMER_CPU_ISA must be one of scalar, avx2, avx512; got '", forced, "'");
-  }
-  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "SLIMFORMER_CPU_ISA=", forced,
+  int want = -1;
+  for (int i = 0; i < kNumCpuIsas; ++i)
+    if (!std::strcmp(forced, cpu_isa_name(static_cast<CpuIsa>(i)))) want = i;
+  TORCH_CHECK(want >= 0, "SLIMFORMER_CPU_ISA must be one of scalar, avx2, avx512, avx512vnni; got '", forced, "'");
+  TORCH_CHECK(want <= static_cast<int>(best), "SLIMFORMER_CPU_ISA=", forced,
               " was requested but this CPU supports at most ", cpu_isa_name(best));
-  return want;
+  return static_cast<CpuIsa>(want);
 }
 
 std::string cpu_feature_summary() {

@@ -58,6 +58,9 @@ struct DequantArgs {
 //   res_k   int32 [M, K]    kernel-order row index k of a nonzero lo
 //   res_lo  fp32 [M, K]     that lo
 constexpr int64_t kI16Block = 128;
+// A block's int32 sum: at most kI16Block products |hi * q| <= (2^15 - 1) * (2^8 - 1) (8-bit weights are the widest),
+// which must not overflow int32.
+static_assert(kI16Block * 32767 * 255 <= INT32_MAX, "kI16Block overflows the integer kernel's int32 block sums");
 inline int64_t i16_blocks_per_group(const TiledWeight& w) {
   const int64_t gs = w.group_size < w.K ? w.group_size : w.K;
   return (gs + kI16Block - 1) / kI16Block;
@@ -125,6 +128,7 @@ struct CpuKernels {
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();
 const CpuKernels& cpu_kernels_avx512();
+const CpuKernels& cpu_kernels_avx512vnni();
 
 }  // namespace gptq
 }  // namespace slimformer

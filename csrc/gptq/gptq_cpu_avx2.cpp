@@ -1,50 +1,12 @@
-// AVX2 + FMA instantiation of the GPTQ CPU kernels; this TU alone is compiled with -mavx2 -mfma and is only
-// called after run-time detection (csrc/common/cpu_isa.cpp).
-#include <immintrin.h>
-
-#include <cstdint>
-
+// AVX2 + FMA instantiation of the GPTQ CPU kernels; CMake compiles this TU alone with the avx2 flags (by its
+// _avx2.cpp suffix), and it is only called after run-time detection (csrc/common/cpu_isa.cpp).
 #define SF_ISA_NS avx2_impl
+#include "common/simd_avx2.h"
+
 namespace slimformer {
 namespace gptq {
 namespace avx2_impl {
-struct V {
-  static constexpr int L = 8;
-  static constexpr int MR_MAX = 2;  // 2 rows x 4 column vectors = 8 accumulators of 16 ymm registers
-  static constexpr bool kMantissaExtraction = true;
-  using F = __m256;
-  using I = __m256i;
-  static F zero() { return _mm256_setzero_ps(); }
-  static F set1(float v) { return _mm256_set1_ps(v); }
-  static F load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
-  static F bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
-  static F fms(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
-  static F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  static I loadi(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void storei(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static I and_(I a, uint32_t m) { return _mm256_and_si256(a, _mm256_set1_epi32(static_cast<int>(m))); }
-  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
-  template <int S> static I srl(I a) { return _mm256_srli_epi32(a, S); }
-  static F as_float(I a) { return _mm256_castsi256_ps(a); }
-  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
-  static F load_half(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static I zeroi() { return _mm256_setzero_si256(); }
-  static I bcasti(const int32_t* p) { return _mm256_set1_epi32(*p); }
-  static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
-  static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
-  static I maddubs(I a, I b) { return _mm256_maddubs_epi16(a, b); }  // vpmaddubsw: unsigned a x signed b bytes
-  static I addi16(I a, I b) { return _mm256_add_epi16(a, b); }
-  static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
-  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
-  static I srli(I a, int s) { return _mm256_srli_epi32(a, s); }
-  static I srli16(I a, int s) { return _mm256_srli_epi16(a, s); }
-  // Compiler barrier: the value must be materialized here (no instruction is emitted).
-  static void keep(I& a) { asm volatile("" : "+x"(a)); }
-};
+using V = simd::avx2_impl::V;
 }  // namespace avx2_impl
 }  // namespace gptq
 }  // namespace slimformer

@@ -1,52 +1,12 @@
-// AVX-512 (F, BW, DQ, VL) instantiation of the GPTQ CPU kernels; this TU alone is compiled with
-// -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma and is only called after run-time detection (csrc/common/cpu_isa.cpp).
-#include <immintrin.h>
-
-#include <cstdint>
-
+// AVX-512 (F, BW, DQ, VL) instantiation of the GPTQ CPU kernels; CMake compiles this TU alone with the avx512
+// flags (by its _avx512.cpp suffix), and it is only called after run-time detection (csrc/common/cpu_isa.cpp).
 #define SF_ISA_NS avx512_impl
+#include "common/simd_avx512.h"
+
 namespace slimformer {
 namespace gptq {
 namespace avx512_impl {
-struct V {
-  static constexpr int L = 16;
-  static constexpr int MR_MAX = 4;  // 4 rows x 2 column vectors = 8 accumulators of 32 zmm registers
-  static constexpr bool kMantissaExtraction = true;
-  using F = __m512;
-  using I = __m512i;
-  static F zero() { return _mm512_setzero_ps(); }
-  static F set1(float v) { return _mm512_set1_ps(v); }
-  static F load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static F bcast(const float* p) { return _mm512_set1_ps(*p); }
-  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
-  static F fms(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
-  static F add(F a, F b) { return _mm512_add_ps(a, b); }
-  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  static I loadi(const int32_t* p) { return _mm512_loadu_si512(reinterpret_cast<const __m512i*>(p)); }
-  static void storei(int32_t* p, I v) { _mm512_storeu_si512(reinterpret_cast<__m512i*>(p), v); }
-  static I and_(I a, uint32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(static_cast<int>(m))); }
-  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
-  template <int S> static I srl(I a) { return _mm512_srli_epi32(a, S); }
-  static F as_float(I a) { return _mm512_castsi512_ps(a); }
-  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
-  static F load_half(const uint16_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static I zeroi() { return _mm512_setzero_si512(); }
-  static I bcasti(const int32_t* p) { return _mm512_set1_epi32(*p); }
-  static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
-  static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
-  static I maddubs(I a, I b) { return _mm512_maddubs_epi16(a, b); }
-  static I addi16(I a, I b) { return _mm512_add_epi16(a, b); }
-  static I srlv(I a, int s) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(s)); }
-  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
-  static I srli(I a, int s) { return _mm512_srli_epi32(a, s); }
-  static I srli16(I a, int s) { return _mm512_srli_epi16(a, s); }
-  // Compiler barrier: the value must be materialized here (no instruction is emitted).
-  static void keep(I& a) { asm volatile("" : "+v"(a)); }
-};
+using V = simd::avx512_impl::V;
 }  // namespace avx512_impl
 }  // namespace gptq
 }  // namespace slimformer

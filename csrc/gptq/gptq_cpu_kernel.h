@@ -156,14 +156,6 @@ inline auto with_input(KernelInput x, Fn&& fn) {
   return x.bf16 ? fn(static_cast<const uint16_t*>(x.data)) : fn(static_cast<const float*>(x.data));
 }
 
-// fp32 -> bf16 bit pattern, rounding to nearest even; NaN becomes the canonical quiet NaN (as c10::BFloat16 does).
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
-  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-
 // Sum of n floats in double precision with 8 independent partial sums (a single running sum is one long
 // latency chain: ~7 us per 4096 values).
 template <class T>
@@ -400,9 +392,12 @@ bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, 
         uint32_t lo_bits[kI16Block];
         int32_t hsum = 0;  // |sum| < 128 * 2^15
         for (int64_t i = 0; i < n; ++i) {
-          // |x| * to_grid < 2^15, and amax * to_grid is itself an integer, so |round(.)| <= 2^15 - 1.
+          // |x| * to_grid < 2^15, but an fp32 |x| just below 2^e (0.99999994 = 1 - 2^-24) rounds up to 2^15, which
+          // would wrap to -2^15 in int16: clamp to +-(2^15 - 1), and lo keeps the exact remainder (within a factor
+          // of 2 of x, so the subtraction is exact). bf16 values (8-bit mantissas) never reach the clamp.
           const float xv = load_x(xr, k0 + i);
-          hf[i] = std::nearbyint(xv * to_grid);
+          const float r = std::nearbyint(xv * to_grid);
+          hf[i] = r > 32767.f ? 32767.f : (r < -32767.f ? -32767.f : r);
           lo[i] = xv - hf[i] * grid;  // exact: what the 2^(e-15) grid cannot hold of x
           hi[i] = static_cast<int32_t>(hf[i]);
           hsum += hi[i];
@@ -503,7 +498,7 @@ __attribute__((always_inline)) inline void dot_blocks_i16(const SmallMI16Args& a
 #pragma GCC unroll 16
           for (int j = 0; j < WP; ++j) {
             const I d = field16<BITS>(wv, value_shift(BITS, i16_pair_lo(BITS, wi * WP + j)));
-            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm][j]));
+            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::dpwssd(acc[mm][v], d, xb[mm][j]);
           }
         }
         // Without this GCC hoists the multiplies of several words ahead of their adds and spills the products
@@ -518,7 +513,7 @@ __attribute__((always_inline)) inline void dot_blocks_i16(const SmallMI16Args& a
         for (int mm = 0; mm < MR; ++mm) xb[mm] = V::bcasti(xq[mm] + u * UP + UW * WP);
         for (int v = 0; v < NV; ++v) {
           const I d = sliced_word<BITS>(up + v * L);
-          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::addi(acc[mm][v], V::madd16(d, xb[mm]));
+          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::dpwssd(acc[mm][v], d, xb[mm]);
         }
         for (int mm = 0; mm < MR; ++mm)
           for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);

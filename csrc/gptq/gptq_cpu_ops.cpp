@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "common/cpu_isa.h"
@@ -19,17 +20,21 @@ namespace {
 
 const CpuKernels& kernels_for(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAvx512Vnni: return cpu_kernels_avx512vnni();
     case CpuIsa::kAvx512: return cpu_kernels_avx512();
     case CpuIsa::kAvx2: return cpu_kernels_avx2();
     default: return cpu_kernels_scalar();
   }
 }
 
-// Rows from which the dequantize-tile + dense GEMM path is used instead of the fused kernel. The fused kernel keeps
-// the weight tile in L2 while it sweeps the rows, so it stays ahead of dequantize + fp32 GEMM until the GEMM's
-// blocking wins: measured on a 2-core AVX2 EPYC (4096x4096 int4 g128, 16 layers), fused vs tiled is 29.0 vs
-// 32.2 ms at M=128, 62.8 vs 62.6 ms at M=256 and 123 vs 117 ms at M=512. SLIMFORMER_CPU_LARGE_M overrides it.
-int64_t large_m_threshold() {
+// Rows from which the dequantize-tile + fp32 GEMM path is used instead of the fused kernels, per ISA. The fused
+// kernels keep the weight tile in L2 while they sweep the rows, so they stay ahead until the GEMM's blocking wins.
+// Measured (4096x4096 int4 g128, 16 layers, 2 threads, us per layer, fused vs tiled):
+//   2-core AVX2 EPYC (Zen 3), fp32: 29.0 vs 32.2 ms at M=128, 62.8 vs 62.6 at 256, 123 vs 117 at 512 -> 256;
+//   2-core AVX-512 EPYC (Zen 4), bf16 (avx512vnni integer kernel): 12.0 vs 27.3 ms at 128, 24.5 vs 51.1 at 256,
+//   51.1 vs 105.6 at 512; fp32: 22.5 vs 27.0, 44.2 vs 68.5, 88.3 vs 105.0 -> the fused kernels at every M.
+// SLIMFORMER_CPU_LARGE_M overrides it.
+int64_t large_m_threshold(CpuIsa isa) {
   if (const char* s = std::getenv("SLIMFORMER_CPU_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -37,7 +42,7 @@ int64_t large_m_threshold() {
                 "'");
     return v;
   }
-  return 256;
+  return isa >= CpuIsa::kAvx512 ? std::numeric_limits<int64_t>::max() : 256;
 }
 
 // Columns dequantized per dense GEMM call: K x 256 fp32 is 4 MiB at K=4096, which stays in the last-level cache
@@ -155,8 +160,9 @@ GemmCall prepare_gemm_call(const at::Tensor& x, const TiledWeight& w, const c10:
 }
 
 // The exact GEMM of a set-up call (M > 0) into c.y.
-void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype, const CpuKernels& kern) {
-  if (c.M >= large_m_threshold()) {
+void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype, CpuIsa isa) {
+  const CpuKernels& kern = kernels_for(isa);
+  if (c.M >= large_m_threshold(isa)) {
     at::Tensor y2 = c.y.view({c.M, w.N});
     large_m_path(c.x2.view({c.M, w.K}), w, c.bias_f, y2, kern);
     return;
@@ -171,7 +177,7 @@ at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at
   const TiledWeight w = check_tiled_weight(qtiles, scale_zero, bits, group_size, in_features, out_features);
   GemmCall c = prepare_gemm_call(x, w, perm, bias, qtiles.device());
   if (c.M == 0) return c.y;
-  exact_gemm(c, w, x.scalar_type(), kernels_for(active_cpu_isa()));
+  exact_gemm(c, w, x.scalar_type(), active_cpu_isa());
   return c.y;
 }
 
@@ -187,7 +193,8 @@ at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const
   GemmCall c = prepare_gemm_call(x, w, perm, bias, qtiles.device());
   const int64_t M = c.M, K = w.K, NB = blocks_i16(w);
   if (M == 0) return c.y;
-  const CpuKernels& kern = kernels_for(active_cpu_isa());
+  const CpuIsa isa = active_cpu_isa();
+  const CpuKernels& kern = kernels_for(isa);
   // One workspace of 4-byte words: xa8 [M, K/4] (int32), ascale [M, NB], asum [M, NB] (fp32).
   at::Tensor ws = workspace(M * (K / 4) + 2 * M * NB);
   int32_t* xa8 = ws.data_ptr<int32_t>();
@@ -198,7 +205,7 @@ at::Tensor gptq_gemm_a8_cpu(const at::Tensor& x, const at::Tensor& qtiles, const
     if (!kern.prepare_rows_a8(w, c.in, b, e, xa8, ascale, asum)) ok = false;
   });
   if (!ok) {  // the same call set-up serves the exact path
-    exact_gemm(c, w, x.scalar_type(), kern);
+    exact_gemm(c, w, x.scalar_type(), isa);
     return c.y;
   }
   const SmallMA8Args args{w, xa8, ascale, asum, c.out, M};

@@ -1,72 +1,11 @@
 // Portable scalar instantiation of the GPTQ CPU kernels (compiled with the baseline flags only).
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-
-#include "gptq_layout.h"
-
 #define SF_ISA_NS scalar_impl
+#include "common/simd_scalar.h"
+
 namespace slimformer {
 namespace gptq {
 namespace scalar_impl {
-struct V {
-  static constexpr int L = 1;
-  static constexpr int MR_MAX = 1;
-  static constexpr bool kMantissaExtraction = false;  // portable: convert, do not rely on denormal handling
-  using F = float;
-  using I = uint32_t;
-  static F zero() { return 0.f; }
-  static F set1(float v) { return v; }
-  static F load(const float* p) { return *p; }
-  static void store(float* p, F v) { *p = v; }
-  static F bcast(const float* p) { return *p; }
-  static F fma(F a, F b, F c) { return std::fma(a, b, c); }
-  static F fnma(F a, F b, F c) { return std::fma(-a, b, c); }
-  static F fms(F a, F b, F c) { return std::fma(a, b, -c); }
-  static F add(F a, F b) { return a + b; }
-  static F mul(F a, F b) { return a * b; }
-  static I loadi(const int32_t* p) { return static_cast<uint32_t>(*p); }
-  static void storei(int32_t* p, I v) { *p = static_cast<int32_t>(v); }
-  static I and_(I a, uint32_t m) { return a & m; }
-  static I or_(I a, I b) { return a | b; }
-  template <int S> static I srl(I a) { return a >> S; }
-  static F as_float(I a) {
-    F f;
-    std::memcpy(&f, &a, sizeof f);
-    return f;
-  }
-  static F cvt(I a) { return static_cast<float>(static_cast<int32_t>(a)); }
-  static F load_half(const uint16_t* p) { return half_to_float(*p); }
-  static I zeroi() { return 0u; }
-  static I bcasti(const int32_t* p) { return static_cast<uint32_t>(*p); }
-  static I addi(I a, I b) { return a + b; }  // unsigned wrap-around = two's complement int32 addition
-  static I madd16(I a, I b) {  // vpmaddwd on one 32-bit lane
-    const int32_t lo = int32_t(int16_t(a & 0xFFFFu)) * int32_t(int16_t(b & 0xFFFFu));
-    const int32_t hi = int32_t(int16_t(a >> 16)) * int32_t(int16_t(b >> 16));
-    return static_cast<uint32_t>(lo + hi);
-  }
-  static I maddubs(I a, I b) {  // vpmaddubsw on one 32-bit lane: unsigned bytes of a times signed bytes of b
-    uint32_t r = 0;
-    for (int h = 0; h < 2; ++h) {
-      int32_t s = 0;
-      for (int j = 0; j < 2; ++j) {
-        const int sh = 16 * h + 8 * j;
-        s += int32_t((a >> sh) & 0xFFu) * int32_t(int8_t((b >> sh) & 0xFFu));
-      }
-      s = s > 32767 ? 32767 : (s < -32768 ? -32768 : s);  // signed saturation, as the instruction
-      r |= (static_cast<uint32_t>(s) & 0xFFFFu) << (16 * h);
-    }
-    return r;
-  }
-  static I addi16(I a, I b) {  // two wrapping 16-bit additions
-    return ((a + b) & 0xFFFFu) | (((a >> 16) + (b >> 16)) << 16);
-  }
-  static I srlv(I a, int s) { return a >> s; }
-  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
-  static I srli(I a, int s) { return a >> s; }
-  static I srli16(I a, int s) { return (a >> s) & ((0xFFFFu >> s) * 0x10001u); }
-  static void keep(I&) {}
-};
+using V = simd::scalar_impl::V;
 }  // namespace scalar_impl
 }  // namespace gptq
 }  // namespace slimformer

@@ -17,6 +17,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/float_convert.h"
+
 #if defined(__CUDACC__)
 #define SF_LAYOUT_HD __host__ __device__
 #else
@@ -27,38 +29,6 @@ namespace slimformer {
 namespace gptq {
 
 constexpr int kTileCols = 32;
-
-// IEEE fp16 bit pattern -> float, exactly (every fp16 value is a float). The portable CPU path and the CUDA kernels
-// read scale_zero through it; the SIMD paths use the F16C/AVX-512 conversion instruction, which agrees.
-SF_LAYOUT_HD inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: man * 2^-24, normalized
-      int e = -1;
-      uint32_t m = man;
-      do {
-        m <<= 1;
-        ++e;
-      } while ((m & 0x400u) == 0);
-      bits = sign | ((112u - e) << 23) | ((m & 0x3FFu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (man << 13);  // inf / NaN
-  } else {
-    bits = sign | ((exp + 112u) << 23) | (man << 13);
-  }
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
-#endif
-}
 
 struct TiledWeight {
   const int32_t* qtiles;

@@ -1,0 +1,65 @@
+// AVX2 + FMA + F16C vector interface (8 fp32 lanes).
+// The including translation unit defines SF_ISA_NS (its ISA's namespace, e.g. avx2_impl) and is the only one compiled
+// with this ISA's -m flags; V lives in slimformer::simd::SF_ISA_NS, so no inline function of it is shared with a TU
+// compiled for another ISA (the linker could otherwise keep an AVX-512 copy for the scalar path).
+//
+// The interface every kernel is written against (csrc/gptq/gptq_cpu_kernel.h lists what each kernel uses):
+//   L (fp32 lanes), MR_MAX (activation rows a kernel keeps in registers),
+//   kMantissaExtraction (integers may be read as denormal mantissas), F / I (float / int vectors),
+//   zero, set1, load, load_half (fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,
+//   fms(a,b,c)=a*b-c, add, mul, loadi, storei, and_, or_, srl<S>, as_float (bit cast), cvt (int -> float),
+//   zeroi, bcasti, addi, madd16 (vpmaddwd), dpwssd(acc,a,b)=acc+madd16(a,b), maddubs (vpmaddubsw), addi16,
+//   srlv (run-time count), srli / srli16 (a count that folds to a constant), keep (compiler barrier).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#ifndef SF_ISA_NS
+#error "define SF_ISA_NS (the including TU's ISA namespace) before including this header"
+#endif
+
+namespace slimformer {
+namespace simd {
+namespace SF_ISA_NS {
+struct V {
+  static constexpr int L = 8;
+  static constexpr int MR_MAX = 2;  // 2 rows x 4 column vectors = 8 accumulators of 16 ymm registers
+  static constexpr bool kMantissaExtraction = true;
+  using F = __m256;
+  using I = __m256i;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F fms(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static I loadi(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void storei(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static I and_(I a, uint32_t m) { return _mm256_and_si256(a, _mm256_set1_epi32(static_cast<int>(m))); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  template <int S> static I srl(I a) { return _mm256_srli_epi32(a, S); }
+  static F as_float(I a) { return _mm256_castsi256_ps(a); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static F load_half(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static I zeroi() { return _mm256_setzero_si256(); }
+  static I bcasti(const int32_t* p) { return _mm256_set1_epi32(*p); }
+  static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
+  static I dpwssd(I acc, I a, I b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+  static I maddubs(I a, I b) { return _mm256_maddubs_epi16(a, b); }  // vpmaddubsw: unsigned a x signed b bytes
+  static I addi16(I a, I b) { return _mm256_add_epi16(a, b); }
+  static I srlv(I a, int s) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(s)); }
+  // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
+  static I srli(I a, int s) { return _mm256_srli_epi32(a, s); }
+  static I srli16(I a, int s) { return _mm256_srli_epi16(a, s); }
+  // Compiler barrier: the value must be materialized here (no instruction is emitted).
+  static void keep(I& a) { asm volatile("" : "+x"(a)); }
+};
+}  // namespace SF_ISA_NS
+}  // namespace simd
+}  // namespace slimformer
