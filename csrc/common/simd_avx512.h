@@ -1,16 +1,6 @@
 // AVX-512 F/BW/DQ/VL vector interface (16 fp32 lanes); with VNNI enabled for the including TU
 // (-mavx512vnni, the avx512vnni ISA level) dpwssd is the fused vpdpwssd.
-// The including translation unit defines SF_ISA_NS (its ISA's namespace, e.g. avx2_impl) and is the only one compiled
-// with this ISA's -m flags; V lives in slimformer::simd::SF_ISA_NS, so no inline function of it is shared with a TU
-// compiled for another ISA (the linker could otherwise keep an AVX-512 copy for the scalar path).
-//
-// The interface every kernel is written against (csrc/gptq/gptq_cpu_kernel.h lists what each kernel uses):
-//   L (fp32 lanes), MR_MAX (activation rows a kernel keeps in registers),
-//   kMantissaExtraction (integers may be read as denormal mantissas), F / I (float / int vectors),
-//   zero, set1, load, load_half (fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,
-//   fms(a,b,c)=a*b-c, add, mul, loadi, storei, and_, or_, srl<S>, as_float (bit cast), cvt (int -> float),
-//   zeroi, bcasti, addi, madd16 (vpmaddwd), dpwssd(acc,a,b)=acc+madd16(a,b), maddubs (vpmaddubsw), addi16,
-//   srlv (run-time count), srli / srli16 (a count that folds to a constant), keep (compiler barrier).
+// Included like simd_scalar.h, which documents the interface and why V lives in the TU's ISA namespace.
 #pragma once
 #include <immintrin.h>
 
