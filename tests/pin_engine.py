@@ -46,8 +46,8 @@ def run(method: str):
     model = tiny("llama", layers=2, hidden=128)
     calib = inputs("llama", 4, length=32, seed=1)
     held_out = inputs("llama", 1, length=32, seed=2)[0]
-    model, report = slimformer.quantize(model, GPTQConfig(**CONFIGS[method]), calib, progress=False,
-                                        return_report=True)
+    report = []
+    model = slimformer.quantize(model, GPTQConfig(**CONFIGS[method]), calib, progress=False, report=report)
     layers = {n: {k: digest(getattr(m, k)) for k in ("qweight", "qzeros", "scales", "g_idx")}
               for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Hub GPTQ checkpoints: loading AutoGPTQ/GPTQModel-style files built here tensor by tensor, exact
 save_pretrained -> load_pretrained round trips, what is on disk, and broken checkpoints."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -147,17 +148,28 @@ def test_what_is_saved_is_the_hub_layout(tmp_path):
     assert legacy["bits"] == 3 and legacy["desc_act"] is True
 
 
-def test_asymmetric_zero_point_zero_saves_as_v2(tmp_path):
+def test_asymmetric_models_save_as_v2(tmp_path):
+    # asymmetric -> gptq_v2 by default (GPTQModel refuses asymmetric v1 files it did not write); v1 on request
     model = tiny("llama")
     layer = model.model.layers[0].mlp.up_proj
     layer.weight.data = layer.weight.data.abs()  # all-positive rows: min 0 -> zero point 0 in asym
     slimformer.quantize(model, GPTQConfig(bits=4, group_size=64, sym=False, method="rtn"), progress=False)
-    with pytest.warns(RuntimeWarning, match="gptq_v2"):
-        slimformer.save_pretrained(model, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["checkpoint_format"] == "gptq_v2"
-    loaded = slimformer.load_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        slimformer.save_pretrained(model, tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())["quantization_config"]
+    assert saved["checkpoint_format"] == "gptq_v2" and saved["sym"] is False
     b = inputs("llama", 1)[0]
-    assert torch.equal(output(loaded, b), output(model, b))
+    assert torch.equal(output(slimformer.load_pretrained(tmp_path / "auto"), b), output(model, b))
+    # v1 asked for: a warning that peers refuse it, and the zero point of 0 still forces v2
+    model.config.quantization_config["checkpoint_format"] = "gptq"
+    with pytest.warns(RuntimeWarning) as record:
+        slimformer.save_pretrained(model, tmp_path / "v1")
+    messages = " ".join(str(w.message) for w in record)
+    assert "GPTQModel refuses" in messages and "zero point of 0" in messages
+    assert json.loads((tmp_path / "v1" / "config.json").read_text())["quantization_config"]["checkpoint_format"] \
+        == "gptq_v2"
+    assert torch.equal(output(slimformer.load_pretrained(tmp_path / "v1"), b), output(model, b))
 
 
 def test_broken_checkpoints(tmp_path):
@@ -198,7 +210,7 @@ def test_broken_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="mismatch"):
         slimformer.load_pretrained(variant("mismatch", cfg=smaller))
     no_q = {k: v for k, v in cfg.items() if k != "quantization_config"}
-    with pytest.raises(CheckpointError, match="not a GPTQ checkpoint"):
+    with pytest.raises(CheckpointError, match="not a compressed checkpoint"):
         slimformer.load_pretrained(variant("noquant", cfg=no_q))
     bad_bits = dict(cfg, quantization_config=dict(cfg["quantization_config"], bits=5))
     with pytest.raises(ValueError, match="bits must be one of"):
@@ -212,5 +224,5 @@ def test_broken_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="safetensors"):
         slimformer.load_pretrained(d)
     dense_model = tiny("llama")
-    with pytest.raises(ValueError, match="no QuantLinear"):
+    with pytest.raises(ValueError, match=r"no compressed layers \(QuantLinear\)"):
         slimformer.save_pretrained(dense_model, tmp_path / "dense")

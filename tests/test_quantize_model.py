@@ -22,8 +22,8 @@ def test_every_architecture(arch):
     model = tiny(arch)
     calib = inputs(arch, 4)
     ref = output(model, calib[0])
-    model, report = slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), calib, progress=False,
-                                        return_report=True)
+    report = []
+    model = slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), calib, progress=False, report=report)
     assert len(report) == 2 * BLOCK_LINEARS[arch]
     assert all(isinstance(model.get_submodule(r.name), QuantLinear) for r in report)
     assert all(0 < r.error < 0.05 for r in report), [(r.name, r.error) for r in report]
@@ -126,8 +126,9 @@ def test_long_texts_are_cut_to_the_models_positions():
 def test_strings_with_tokenizer_and_modules_to_not_convert():
     model = tiny("llama")
     cfg = GPTQConfig(bits=4, group_size=64, modules_to_not_convert=["down_proj"], model_seqlen=16)
-    _, report = slimformer.quantize(model, cfg, ["the quick brown fox " * 5, "jumps over the lazy dog"],
-                                    tokenizer=CharTokenizer(), progress=False, return_report=True)
+    report = []
+    slimformer.quantize(model, cfg, ["the quick brown fox " * 5, "jumps over the lazy dog"],
+                        tokenizer=CharTokenizer(), progress=False, report=report)
     assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
     assert isinstance(model.model.layers[0].mlp.up_proj, QuantLinear)
     assert len(report) == 2 * 6

@@ -8,7 +8,7 @@ from .formats import FORMATS, WeightFormat, get_format
 from .gptq import QuantLinear, quantize_weight, set_activation_mode
 from .gptq.config import GPTQConfig
 from .gptq.model import quantize
-from .checkpoint import CheckpointError, load_pretrained, save_pretrained
+from .hf.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .hf import replace_linear
 
 __version__ = "0.1.0"

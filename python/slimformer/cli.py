@@ -60,8 +60,8 @@ def _quantize(args):
             if not calib:
                 raise CliError(f"{args.calib} has no sentences of 5 to 60 words to calibrate an encoder with")
             print(f"calibration: {len(calib)} sentences from {args.calib}")
-    model, report = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device,
-                                        return_report=True)
+    report = []
+    model = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device, report=report)
     slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
     rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
              "seconds": r.seconds} for r in report]

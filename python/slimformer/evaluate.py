@@ -35,7 +35,7 @@ def load_model(path, *, dtype=torch.float32):
     """A dense Hugging Face model directory (safetensors) or a GPTQ checkpoint, with its tokenizer if it has one."""
     import transformers
 
-    from .checkpoint import CheckpointError, _model_class, _weight_files, load_pretrained
+    from .hf.checkpoint import CheckpointError, load_pretrained, resolve_model_class, weight_files
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
@@ -44,9 +44,9 @@ def load_model(path, *, dtype=torch.float32):
     if is_quantized_checkpoint(path):
         model = load_pretrained(path, dtype=dtype)
     else:
-        _weight_files(path)  # refuses pickle-only directories with a clear error
+        weight_files(path)  # refuses pickle-only directories with a clear error
         config = transformers.AutoConfig.from_pretrained(str(path))
-        cls = _model_class(config, None)
+        cls = resolve_model_class(config)
         if cls is transformers.AutoModel and is_causal_lm(config):
             cls = transformers.AutoModelForCausalLM
         model = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True).eval()

@@ -5,7 +5,7 @@ true_sequential, static_groups, checkpoint_format, modules_to_not_convert, block
 model_seqlen), so a config.json written by us reads as an ordinary GPTQ checkpoint elsewhere."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from typing import Any
 
 from ..formats import gptq_format
@@ -37,7 +37,9 @@ class GPTQConfig(_Base):
     mse: bool = False  # MSE shrink search for each group's grid
     block_size: int = 128  # GPTQ lazy-update block (columns)
     model_seqlen: int | None = None  # calibration texts are truncated to this many tokens (else the model's limit)
-    checkpoint_format: str = "gptq"  # "gptq" (v1 zero points) or "gptq_v2"
+    # "gptq" (v1: zero - 1) or "gptq_v2" (the zero itself); None: v1 when sym, gptq_v2 when not (GPTQModel refuses
+    # asymmetric v1 files it did not write, and transformers reads v1 as symmetric only)
+    checkpoint_format: str | None = None
     # GPTQv2 asymmetric calibration: match each layer to the full-precision model's output, not to its own
     # output on the (already partly quantized) model's inputs; costs a second forward pass per layer group
     asym_calibration: bool = False
@@ -48,17 +50,34 @@ class GPTQConfig(_Base):
     tokenizer: Any = field(default=None, repr=False)
     # routes transformers' from_pretrained to our quantizer; checkpoints say "gptq" (see to_dict)
     quant_method: str = field(default="slimformer", init=False)
+    # aliases: the names slimformer.quantize_weight and the GPTQ paper's code use for desc_act and damp_percent
+    act_order: InitVar[bool | None] = None
+    damp: InitVar[float | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, act_order=None, damp=None):
+        if act_order is not None:
+            self.desc_act = act_order
+        if damp is not None:
+            self.damp_percent = damp
+        for name in ("bits", "group_size", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"GPTQConfig.{name} must be an int, got {value!r} ({type(value).__name__})")
+        for name in ("desc_act", "sym", "true_sequential", "static_groups", "lm_head", "mse", "asym_calibration"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"GPTQConfig.{name} must be a bool, got {getattr(self, name)!r}")
         gptq_format(self.bits)  # raises a clear error for unsupported widths
-        if not (self.group_size == -1 or (isinstance(self.group_size, int) and self.group_size > 0)):
+        if not (self.group_size == -1 or self.group_size > 0):
             raise ValueError(f"group_size must be a positive int or -1 (per-channel), got {self.group_size!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {self.checkpoint_format!r}")
-        if not 0 <= self.damp_percent < 1:
-            raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent}")
+        if self.checkpoint_format is not None and self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS} or None (v1 when sym, gptq_v2 "
+                             f"when not), got {self.checkpoint_format!r}")
+        if (not isinstance(self.damp_percent, (int, float)) or isinstance(self.damp_percent, bool)
+                or not 0 < self.damp_percent < 1):
+            raise ValueError(f"damp_percent must lie in (0, 1) (GPTQ adds damp_percent x the mean Hessian diagonal; "
+                             f"GPTQModel refuses 0), got {self.damp_percent!r}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
         if self.asym_method not in ASYM_METHODS:
@@ -79,7 +98,10 @@ class GPTQConfig(_Base):
         if d["modules_to_not_convert"] is not None:
             d["modules_to_not_convert"] = list(d["modules_to_not_convert"])
         d["quant_method"] = "gptq"
-        d["meta"] = {"quantizer": [f"slimformer:{__version__}"]}
+        # GPTQModel reads a top-level "method" as its quantization family ("gptq"; "rtn" is not one): the calibration
+        # method slimformer used goes into meta
+        d["method"] = "gptq"
+        d["meta"] = {"quantizer": [f"slimformer:{__version__}"], "calibration_method": self.method}
         return d
 
     @classmethod
@@ -90,12 +112,26 @@ class GPTQConfig(_Base):
         if str(method).lower() not in ("gptq", "slimformer"):
             raise ValueError(f"quantization_config has quant_method={method!r}; slimformer loads 'gptq' checkpoints")
         names = {f.name for f in fields(cls) if f.init and f.name not in NOT_SAVED}
-        params = {k: v for k, v in d.items() if k in names}
+        params = {k: v for k, v in d.items() if k in names and k != "method"}
+        dynamic = d.get("dynamic")
+        if isinstance(dynamic, dict) and any(not str(k).startswith("-:") for k in dynamic):
+            raise ValueError("quantization_config.dynamic has per-module overrides ("
+                             f"{[k for k in dynamic if not str(k).startswith('-:')][:4]}); slimformer loads one bits/"
+                             "group_size per checkpoint (skip rules '-:...' are fine)")
+        if "damp_percent" in params and not (isinstance(params["damp_percent"], (int, float))
+                                             and 0 < params["damp_percent"] < 1):
+            del params["damp_percent"]  # a calibration setting: an odd value on disk does not stop a load
+        meta = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+        method = meta.get("calibration_method", d.get("method"))
+        if method in METHODS:  # GPTQModel's "method" is its family ("gptq"); ours lives in meta
+            params["method"] = method
+        if "checkpoint_format" not in d:
+            # GPTQModel also writes "format" (older versions: meta.checkpoint_format); a checkpoint naming none is v1
+            fmt = d.get("format") or meta.get("checkpoint_format") or "gptq"
+            if fmt not in CHECKPOINT_FORMATS:
+                raise ValueError(f"quantization_config has format={fmt!r}; slimformer reads the GPTQ layouts "
+                                 f"{CHECKPOINT_FORMATS}")
+            params["checkpoint_format"] = fmt
         params.update({k: kwargs.pop(k) for k in list(kwargs) if k in names})
-        if "checkpoint_format" not in d and isinstance(d.get("meta"), dict):
-            # GPTQModel records the format there; default is v1 ("gptq")
-            fmt = d["meta"].get("checkpoint_format")
-            if fmt:
-                params["checkpoint_format"] = fmt
         config = cls(**params)
         return (config, kwargs) if return_unused_kwargs else config

@@ -158,10 +158,26 @@ def _check_checkpoint_format(checkpoint_format: str):
         raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
 
 
-def zeros_from_qzeros(qzeros: torch.Tensor, bits: int, N: int, checkpoint_format: str) -> torch.Tensor:
-    """True integer zero points [G, N] from Hub qzeros. v1 ("gptq") stores zero - 1; like AutoGPTQ, v1 is read as
-    stored + 1 without wrap-around, so a v1 file that stored 0 - 1 = 2^bits - 1 reads back as 2^bits."""
+def _v1_word_offset(bits: int) -> int:
+    """1 in every bits-wide field of an int32 word (2/4/8 bits): what GPTQModel subtracts from v2 words for v1."""
+    return sum(1 << (bits * i) for i in range(32 // bits))
+
+
+def zeros_from_qzeros(qzeros: torch.Tensor, bits: int, N: int, checkpoint_format: str, *,
+                      carry: bool = False) -> torch.Tensor:
+    """True integer zero points [G, N] from Hub qzeros. v1 ("gptq") stores zero - 1, and two writers form it
+    differently:
+      carry=False  AutoGPTQ (and slimformer): field by field, read back as stored + 1 without wrap-around (a field
+                   that stored 2^bits - 1 reads 2^bits, as AutoGPTQ's kernels compute it);
+      carry=True   GPTQModel: whole int32 words minus 1 in every field (2/4/8 bits), so a zero of 0 borrows from the
+                   next field; read back by adding the same word with carry. At 3 bits it wraps per field."""
     _check_checkpoint_format(checkpoint_format)
+    if checkpoint_format == "gptq" and carry:
+        if bits == 3:
+            return (unpack_cols(qzeros, bits, N) + 1) & 7
+        _check_bits(bits)
+        words = (qzeros.to(torch.int64) + _v1_word_offset(bits)) & 0xFFFFFFFF
+        return unpack_cols(_words_from_units(words.unsqueeze(0)).reshape(qzeros.shape), bits, N)
     z = unpack_cols(qzeros, bits, N)
     return z + 1 if checkpoint_format == "gptq" else z
 

@@ -48,7 +48,7 @@ class GPTQCompressor(LayerCompressor):
                      asym_cross=acc.cross, asym_alpha=c.asym_alpha, asym_method=c.asym_method)
             q, scales, zeros, g_idx, err, damp = r.q, r.scales, r.zeros, r.g_idx, r.error, r.damp
         layer = QuantLinear.from_int(q, scales, zeros, g_idx, _bias(module), bits=c.bits, group_size=c.group_size,
-                                     sym=c.sym, checkpoint_format=c.checkpoint_format)
+                                     sym=c.sym, checkpoint_format=c.checkpoint_format or "gptq")
         return layer, {"error": err, "bits": c.bits, "damp": damp}
 
     def before_head(self, model, name):
@@ -92,9 +92,9 @@ def calibration_batches(calibration_data, tokenizer=None, max_length: int | None
 
 @torch.no_grad()
 def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_data=None, tokenizer=None, *,
-             device=None, progress: bool = True, return_report: bool = False):
-    """Quantizes the linear layers of a Hugging Face model's blocks in place with GPTQ (or RTN) and returns
-    the model (and, with return_report=True, the per-layer [LayerReport]).
+             device=None, progress: bool = True, report: list | None = None) -> nn.Module:
+    """Quantizes the linear layers of a Hugging Face model's blocks in place with GPTQ (or RTN) and returns the
+    model. report: a list that receives one LayerReport per quantized layer (name, shapes, error, seconds, ...).
 
     calibration_data: a list of strings (tokenized with `tokenizer`) or an iterable of model-input dicts
     (input_ids/attention_mask, or pixel_values for ViT); token sequences are cut to config.model_seqlen, else to
@@ -114,7 +114,9 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
     if config.method == "gptq":
         max_length = config.model_seqlen or getattr(getattr(model, "config", None), "max_position_embeddings", None)
         batches = calibration_batches(calibration_data, tokenizer, max_length)
-    report = run_layerwise(model, GPTQCompressor(config), batches, device=device, progress=progress)
+    rows = run_layerwise(model, GPTQCompressor(config), batches, device=device, progress=progress)
     if hasattr(model, "config"):
         model.config.quantization_config = config.to_dict()
-    return (model, report) if return_report else model
+    if report is not None:
+        report.extend(rows)
+    return model

@@ -247,17 +247,22 @@ def set_activation_mode(model: nn.Module, mode: str) -> int:
 
 
 def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128,
-                    sym: bool = True, act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
+                    sym: bool = True, desc_act: bool = False, static_groups: bool = False, damp_percent: float = 0.01,
                     block_size: int = 128, mse: bool = False, asym_cross: torch.Tensor | None = None,
                     asym_alpha: float = 0.25, asym_method: str = "gptqv2", checkpoint_format: str = "gptq",
-                    return_result: bool = False):
+                    return_result: bool = False, act_order: bool | None = None, damp: float | None = None):
     """GPTQ-quantizes weight [out, in] (nn.Linear layout) against the layer's Hessian [in, in] (2/n X^T X of its
     calibration inputs, see HessianAccumulator) into a QuantLinear without bias.
 
-    asym_cross / asym_alpha / asym_method: GPTQv2's asymmetric calibration (see slimformer.gptq.gptq).
+    The knobs carry GPTQConfig's names (desc_act = act-order, damp_percent); act_order= and damp= are accepted as
+    aliases. asym_cross / asym_alpha / asym_method: GPTQv2's asymmetric calibration (see slimformer.gptq.gptq).
     return_result=True returns (layer, GPTQResult), whose .error is the relative reconstruction error."""
-    result: GPTQResult = gptq(weight, hessian, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
-                              static_groups=static_groups, damp=damp, block_size=block_size, mse=mse,
+    if act_order is not None:
+        desc_act = act_order
+    if damp is not None:
+        damp_percent = damp
+    result: GPTQResult = gptq(weight, hessian, bits=bits, group_size=group_size, sym=sym, act_order=desc_act,
+                              static_groups=static_groups, damp=damp_percent, block_size=block_size, mse=mse,
                               asym_cross=asym_cross, asym_alpha=asym_alpha, asym_method=asym_method)
     layer = QuantLinear.from_int(result.q, result.scales, result.zeros, result.g_idx, None, bits=bits,
                                  group_size=group_size, sym=sym, checkpoint_format=checkpoint_format)
