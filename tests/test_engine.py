@@ -10,38 +10,7 @@ from slimformer import GPTQConfig, QuantLinear
 from slimformer.hf.calibrate import (InputNormStatistic, LayerCompressor, Targets, compress_model, run_layerwise,
                                      select_targets)
 from slimformer.hf.swap import is_linear_like
-
-
-class MaskedLinear(nn.Module):
-    """A dense Linear with a fixed 0/1 mask: the toy method's module, no kernel."""
-
-    def __init__(self, weight, mask, bias=None):
-        super().__init__()
-        self.weight = nn.Parameter(weight * mask, requires_grad=False)
-        self.register_buffer("mask", mask)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-
-    def forward(self, x):
-        return nn.functional.linear(x, self.weight, self.bias)
-
-
-class RowMagnitude50(LayerCompressor):
-    """Per-row magnitude pruning to 50%, weighted by the input-channel norms (Wanda's score) when calibrated."""
-    method = "row-magnitude-50"
-
-    def __init__(self, calibrated: bool, targets=Targets()):
-        self.statistic = InputNormStatistic if calibrated else None
-        self.targets = targets
-        self.seen = []
-
-    def compress(self, name, module, stat):
-        self.seen.append((name, None if stat is None else stat.rows))
-        w = module.weight.detach()
-        score = w.abs() * (stat.norms if stat is not None else 1.0)
-        keep = score.topk(w.shape[1] // 2, dim=1).indices
-        mask = torch.zeros_like(w).scatter_(1, keep, 1.0)
-        err = ((w * (1 - mask)).norm() / w.norm()).item()
-        return MaskedLinear(w, mask, module.bias), {"error": err, "sparsity": 1 - mask.mean().item()}
+from toy_method import MaskedLinear, RowMagnitude50
 
 
 @pytest.mark.parametrize("calibrated", [False, True])

@@ -357,6 +357,16 @@ def _head_statistic(model, head, batches, compressor, device):
     return stat
 
 
+def _refuse_if_compressed(model, compressor):
+    from .checkpoint import compressed_layers
+    groups = compressed_layers(model)
+    count = sum(len(group) for group in groups.values())
+    if count:
+        kinds = "/".join(sorted({type(m).__name__ for group in groups.values() for m in group.values()}))
+        raise ValueError(f"{type(model).__name__} is already compressed ({count} {kinds} layers) and no dense linear "
+                         f"layer in its blocks matches the targets {compressor.targets}; compress the dense model")
+
+
 @torch.no_grad()
 def run_layerwise(model: nn.Module, compressor: LayerCompressor, batches: list[dict] | None, *, device=None,
                   progress: bool = True) -> list[LayerReport]:
@@ -368,9 +378,15 @@ def run_layerwise(model: nn.Module, compressor: LayerCompressor, batches: list[d
         raise ValueError(f"{type(model).__name__} has no nn.Linear (or Conv1D) layers to compress")
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
-    block_path, blocks, inside, head = select_targets(model, compressor.targets)
+    try:
+        block_path, blocks, inside, head = select_targets(model, compressor.targets)
+    except ValueError:
+        _refuse_if_compressed(model, compressor)
+        raise
     if not inside and head is None:
-        raise ValueError(f"no linear layers of {type(model).__name__} match the targets {compressor.targets}")
+        _refuse_if_compressed(model, compressor)
+        raise ValueError(f"no linear layers of {type(model).__name__} match the targets {compressor.targets} "
+                         "(every linear in the blocks is excluded)")
     if compressor.statistic is not None and not batches:
         raise ValueError(f"{compressor.method} needs calibration data")
     report: list[LayerReport] = []
