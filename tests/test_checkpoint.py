@@ -161,15 +161,23 @@ def test_asymmetric_models_save_as_v2(tmp_path):
     assert saved["checkpoint_format"] == "gptq_v2" and saved["sym"] is False
     b = inputs("llama", 1)[0]
     assert torch.equal(output(slimformer.load_pretrained(tmp_path / "auto"), b), output(model, b))
-    # v1 asked for: a warning that peers refuse it, and the zero point of 0 still forces v2
+    # v1 asked for: the zero point of 0 still forces v2 (with a warning)
     model.config.quantization_config["checkpoint_format"] = "gptq"
-    with pytest.warns(RuntimeWarning) as record:
+    with pytest.warns(RuntimeWarning, match="zero point of 0"):
         slimformer.save_pretrained(model, tmp_path / "v1")
-    messages = " ".join(str(w.message) for w in record)
-    assert "GPTQModel refuses" in messages and "zero point of 0" in messages
     assert json.loads((tmp_path / "v1" / "config.json").read_text())["quantization_config"]["checkpoint_format"] \
         == "gptq_v2"
     assert torch.equal(output(slimformer.load_pretrained(tmp_path / "v1"), b), output(model, b))
+    # ... and without one, v1 is written as asked, with a warning that peers refuse asymmetric v1
+    model = tiny("llama")
+    slimformer.quantize(model, GPTQConfig(bits=4, group_size=64, sym=False, method="rtn", checkpoint_format="gptq"),
+                        progress=False)
+    assert all(m.checkpoint_format == "gptq" for m in model.modules() if isinstance(m, QuantLinear))
+    with pytest.warns(RuntimeWarning, match="GPTQModel refuses"):
+        slimformer.save_pretrained(model, tmp_path / "v1b")
+    assert json.loads((tmp_path / "v1b" / "config.json").read_text())["quantization_config"]["checkpoint_format"] \
+        == "gptq"
+    assert torch.equal(output(slimformer.load_pretrained(tmp_path / "v1b"), b), output(model, b))
 
 
 def test_broken_checkpoints(tmp_path):

@@ -75,16 +75,16 @@ def config_block(model: nn.Module, layers: dict[str, QuantLinear]) -> dict:
     cfg.lm_head = head is not None and any(layer is head for layer in layers.values())
     if cfg.checkpoint_format is None:  # auto: v1 is what every loader reads, but only for symmetric models
         cfg.checkpoint_format = "gptq" if cfg.sym else "gptq_v2"
-    elif cfg.checkpoint_format == "gptq" and not cfg.sym:
-        warnings.warn("saving an asymmetric model as GPTQ v1 (checkpoint_format='gptq'), as asked: GPTQModel refuses "
-                      "to load asymmetric v1 files it did not write, and transformers reads v1 as symmetric only; "
-                      "checkpoint_format='gptq_v2' (the default for sym=False) avoids both", RuntimeWarning,
-                      stacklevel=4)
-    # v1 cannot store a zero point of 0 field by field; one such layer makes the whole checkpoint v2
-    if cfg.checkpoint_format == "gptq" and any(layer.checkpoint_format == "gptq_v2" for layer in layers.values()):
+    elif cfg.checkpoint_format == "gptq" and any(layer.checkpoint_format == "gptq_v2" for layer in layers.values()):
+        # v1 cannot store a zero point of 0 field by field; one such layer makes the whole checkpoint v2
         warnings.warn("some asymmetric layers have a zero point of 0, which GPTQ v1 cannot store: saving the "
                       "checkpoint as checkpoint_format='gptq_v2'", RuntimeWarning, stacklevel=4)
         cfg.checkpoint_format = "gptq_v2"
+    elif cfg.checkpoint_format == "gptq" and not cfg.sym:
+        warnings.warn("saving an asymmetric model as GPTQ v1 (checkpoint_format='gptq'), as its config says: "
+                      "GPTQModel refuses to load asymmetric v1 files it did not write, and transformers reads v1 as "
+                      "symmetric only; checkpoint_format='gptq_v2' (the default for sym=False) avoids both",
+                      RuntimeWarning, stacklevel=4)
     out = cfg.to_dict()
     dynamic = _dynamic_skip_rules(model, layers, cfg.block_name_to_quantize)
     if dynamic:
