@@ -1,6 +1,7 @@
 """Hub GPTQ checkpoints: loading AutoGPTQ/GPTQModel-style files built here tensor by tensor, exact
 save_pretrained -> load_pretrained round trips, what is on disk, and broken checkpoints."""
 import json
+import os
 import warnings
 
 import pytest
@@ -234,3 +235,89 @@ def test_broken_checkpoints(tmp_path):
     dense_model = tiny("llama")
     with pytest.raises(ValueError, match=r"no compressed layers \(QuantLinear\)"):
         slimformer.save_pretrained(dense_model, tmp_path / "dense")
+
+
+def test_bad_checkpoint_inputs_are_named(tmp_path):
+    good = tmp_path / "good"
+    write_hub_checkpoint(good, "llama", bits=4, group_size=32, act_order=True, checkpoint_format="gptq", shards=2)
+    cfg = json.loads((good / "config.json").read_text())
+    tensors = _read_all(good)
+    index = json.loads((good / "model.safetensors.index.json").read_text())
+    layer = "model.layers.0.mlp.up_proj"
+
+    def variant(name, tensors=tensors, cfg=cfg, shards=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+        if shards is None:
+            save_file(tensors, str(d / "model.safetensors"))
+        else:
+            for fname, part in shards.items():
+                save_file(part, str(d / fname))
+        return d
+
+    # act-order layer without its g_idx: its rows' groups are unknown (used to load in natural order)
+    with pytest.raises(CheckpointError, match=f"{layer}: the checkpoint is act-order.*no g_idx"):
+        slimformer.load_pretrained(variant("no-gidx", {k: v for k, v in tensors.items() if k != f"{layer}.g_idx"}))
+    # float g_idx, and g_idx beyond int32 / beyond the groups: checked before any cast
+    with pytest.raises(CheckpointError, match=rf"{layer}.g_idx must be an integer tensor, got torch.float32"):
+        slimformer.load_pretrained(variant("float-gidx", dict(tensors, **{f"{layer}.g_idx": tensors[f"{layer}.g_idx"].float()})))
+    big = tensors[f"{layer}.g_idx"].to(torch.int64)
+    big[5] = 2 ** 32 + 1  # would wrap to 1 as int32
+    with pytest.raises(CheckpointError, match=rf"{layer}.g_idx values must lie in \[0, 8\)"):
+        slimformer.load_pretrained(variant("huge-gidx", dict(tensors, **{f"{layer}.g_idx": big})))
+    # the same tensor in two shards: refused, not "one silently wins"
+    keys = sorted(tensors)
+    dup = {"model-00001-of-00002.safetensors": {k: tensors[k] for k in keys[:len(keys) // 2] + [keys[-1]]},
+           "model-00002-of-00002.safetensors": {k: tensors[k] for k in keys[len(keys) // 2:]}}
+    with pytest.raises(CheckpointError, match="stored twice"):
+        slimformer.load_pretrained(variant("dup", shards=dup))
+
+    def with_index(name, weight_map):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+        for f in sorted(good.glob("*.safetensors")):
+            (d / f.name).write_bytes(f.read_bytes())
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        return d
+
+    wm = index["weight_map"]
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((good / "model-00001-of-00002.safetensors").read_bytes())
+    for name, target in (("dotdot", "../outside.safetensors"), ("absolute", str(outside))):
+        d = with_index(name, dict(wm, **{keys[0]: target}))
+        with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+            slimformer.load_pretrained(d)
+    d = with_index("fifo", dict(wm, **{keys[0]: "pipe.safetensors"}))
+    os.mkfifo(d / "pipe.safetensors")
+    with pytest.raises(CheckpointError, match="not a regular file"):  # used to block forever
+        slimformer.load_pretrained(d)
+    d = with_index("badmap", {keys[0]: 3})
+    with pytest.raises(CheckpointError, match="weight_map' must map tensor names to shard file names"):
+        slimformer.load_pretrained(d)
+    # a path that is a file, bits given as a string
+    with pytest.raises(NotADirectoryError, match="is a file; load_pretrained expects a checkpoint directory"):
+        slimformer.load_pretrained(good / "config.json")
+    bad = dict(cfg, quantization_config=dict(cfg["quantization_config"], bits="4"))
+    with pytest.raises(CheckpointError, match=r"GPTQConfig.bits must be an int, got '4'"):
+        slimformer.load_pretrained(variant("strbits", cfg=bad))
+    # architectures naming a class transformers does not have: an error, not a silent AutoModel
+    with pytest.raises(CheckpointError, match=r"\['NoSuchModel'\].*model_class="):
+        slimformer.load_pretrained(variant("arch", cfg=dict(cfg, architectures=["NoSuchModel"])))
+
+
+def test_saved_architecture_is_the_models_own_class(tmp_path):
+    # AutoModel on a *ForCausalLM config gives a LlamaModel; the checkpoint must say LlamaModel
+    import transformers
+    dense = tiny("llama")
+    base = transformers.LlamaModel(dense.config).eval()
+    assert base.config.architectures is None or base.config.architectures != ["LlamaModel"]
+    base.config.architectures = ["LlamaForCausalLM"]
+    slimformer.quantize(base, GPTQConfig(bits=4, group_size=32, method="rtn"), progress=False)
+    slimformer.save_pretrained(base, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    loaded = slimformer.load_pretrained(tmp_path)
+    assert type(loaded) is transformers.LlamaModel
+    b = inputs("llama", 1)[0]
+    assert torch.equal(output(loaded, b), output(base, b))
