@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   std::vector<std::vector<uint16_t>> sz(o.layers);
   std::vector<SmallMArgs> args(o.layers);
   const TiledWeight shape{nullptr, nullptr, o.k, o.n, o.bits, std::min(o.group, o.k)};
-  std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), row_scale(o.m), y(o.m * o.n);
+  std::vector<float> x(o.m * o.k), xs(o.m * o.k), xsum(o.m * shape.groups()), row_scale(2 * o.m), y(o.m * o.n);
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
   std::normal_distribution<float> normal(0.f, 1.f);
   for (auto& v : x) {  // bf16 values (what the integer path is for), normally distributed

@@ -23,12 +23,16 @@ struct KernelOutput {
   bool bf16;
   const float* bias;
   int64_t ld;
+  // Optional per-row factor applied before the bias: row m is multiplied by row_factor[2 * m] (the small-M float
+  // path's rows with |x| >= 2^100, see prepare_rows); nullptr = 1.
+  const float* row_factor = nullptr;
 };
 
 // Small-M (decode) GEMM over column tiles [t0, t1).
 //   xs   fp32 [M, K]  activations in kernel row order, prescaled for the ISA's extraction by its prepare_rows
 //   xsum fp32 [M, G]  plain (unscaled) sum of the activations of each group
-//   row_scale fp32 [M]  per-row factor the group sums are multiplied by (see prepare_rows in gptq_cpu_kernel.h)
+//   row_scale fp32 [M, 2]  per row: the factor the group sums are multiplied by, and the factor the output row is
+//                          multiplied by (1 unless the row holds |x| >= 2^100; see prepare_rows in gptq_cpu_kernel.h)
 struct SmallMArgs {
   TiledWeight w;
   const float* xs;

@@ -172,8 +172,11 @@ inline double sum_double(const T* x, int64_t n) {
 //   xs[k] = x[k] * 2^(149 - value_mantissa_shift - c_row), row_scale = 2^c_row   (mantissa extraction), or
 //   xs[k] = x[k] * 2^-value_prescale_shift,                 row_scale = 1        (conversion);
 // xsum = plain per-group sums. c_row = 23 + E with max|x_row| <= 2^E keeps xs below 2^127 and the products
-// x * q * 2^-c_row normal floats. E is clamped to [-100, 100]: a row with |x| >= 2^100 overflows to inf/NaN
-// here (fp32 itself has room to 2^128; the integer path has it too).
+// x * q * 2^-c_row normal floats. E is clamped below at -100. Above E = 100, 2^c_row would leave the float range
+// (and on the conversion path the sums of x * q would overflow before the scale shrinks them), so the row's
+// result is formed 2^-(E - 100) smaller (xs, row_scale and xsum carry that factor, all exact powers of 2) and
+// store_tile multiplies it back: rows up to the fp32 maximum give what fp32 GEMM gives, not inf/NaN.
+// row_scale holds two floats per row: [2m] = the group-sum factor, [2m + 1] = the output factor.
 template <int BITS, class T>
 void prepare_rows(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, float* xs, float* xsum,
                   float* row_scale) {
@@ -184,26 +187,32 @@ void prepare_rows(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, floa
     float* xsr = xs + m * K;
     float factor[UV];
     float normalize = 1.f;  // applied first: 2^(126 - shift - E) itself can exceed the float range
+    double sum_scale = 1.0;
+    const uint32_t amax_bits = abs_max_bits(xr, K);
+    float amax;
+    std::memcpy(&amax, &amax_bits, 4);
+    int e = 0;
+    if (amax > 0.f && std::isfinite(amax)) std::frexp(amax, &e);  // amax < 2^e
+    e = e < -100 ? -100 : e;
+    const int over = e > 100 ? e - 100 : 0;
+    row_scale[2 * m + 1] = std::ldexp(1.0f, over);
+    sum_scale = std::ldexp(1.0, -over);
     if constexpr (V::kMantissaExtraction) {
-      const uint32_t amax_bits = abs_max_bits(xr, K);
-      float amax;
-      std::memcpy(&amax, &amax_bits, 4);
-      int e = 0;
-      if (amax > 0.f && std::isfinite(amax)) std::frexp(amax, &e);  // amax < 2^e
-      e = e < -100 ? -100 : (e > 100 ? 100 : e);
       normalize = std::ldexp(1.0f, -e);
       for (int r = 0; r < UV; ++r) factor[r] = std::ldexp(1.0f, 126 - value_mantissa_shift(BITS, r));
-      row_scale[m] = std::ldexp(1.0f, 23 + e);
+      row_scale[2 * m] = std::ldexp(1.0f, 23 + e - over);
     } else {
+      // the sums of x * q (q < 2^bits, up to K terms) must not overflow before the scale multiplies them
+      normalize = std::ldexp(1.0f, -over);
       for (int r = 0; r < UV; ++r) factor[r] = std::ldexp(1.0f, -value_prescale_shift(BITS, r));
-      row_scale[m] = 1.f;
+      row_scale[2 * m] = 1.f;
     }
     for (int64_t k = 0; k < K; k += UV)
       for (int r = 0; r < UV; ++r) xsr[k + r] = (load_x(xr, k + r) * normalize) * factor[r];  // powers of 2: exact
     for (int64_t g = 0; g < G; ++g) {
       // The group sum multiplies the zero point: keep it accurate for any group size.
       const int64_t k1 = (g + 1) * gs < K ? (g + 1) * gs : K;
-      xsum[m * G + g] = static_cast<float>(sum_double(xr + g * gs, k1 - g * gs));
+      xsum[m * G + g] = static_cast<float>(sum_double(xr + g * gs, k1 - g * gs) * sum_scale);
     }
   }
 }
@@ -219,6 +228,11 @@ inline void store_tile(typename V::F (&out)[MR][kTileCols / V::L], const KernelO
   constexpr int NV = kTileCols / L;
   const int64_t n0 = t * kTileCols;
   const int64_t ncols = N - n0 < kTileCols ? N - n0 : kTileCols;
+  if (y.row_factor != nullptr)
+    for (int mm = 0; mm < MR; ++mm) {
+      const typename V::F f = V::bcast(y.row_factor + 2 * (m0 + mm));
+      for (int v = 0; v < NV; ++v) out[mm][v] = V::mul(out[mm][v], f);
+    }
   if (y.bias != nullptr) {
     alignas(64) float b[kTileCols] = {};
     for (int64_t c = 0; c < ncols; ++c) b[c] = y.bias[n0 + c];
@@ -295,7 +309,7 @@ void small_m_tile(const SmallMArgs& a, int64_t t, int64_t m0) {
       for (int mm = 0; mm < MR; ++mm) {
         F sum = acc[0][mm][v];
         for (int a2 = 1; a2 < NACC; ++a2) sum = V::add(sum, acc[a2][mm][v]);
-        if constexpr (V::kMantissaExtraction) sum = V::mul(sum, V::bcast(a.row_scale + m0 + mm));
+        if constexpr (V::kMantissaExtraction) sum = V::mul(sum, V::bcast(a.row_scale + 2 * (m0 + mm)));
         out[mm][v] = V::fma(scale, sum, out[mm][v]);
         out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
       }

@@ -58,14 +58,18 @@ at::Tensor workspace(int64_t words) { return at::empty({words}, at::TensorOption
 void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
   const int64_t K = w.K, G = w.groups();
   // One workspace (at M=1 each ATen allocation is a noticeable share of a call): xs [M, K], xsum [M, G],
-  // row_scale [M], all fp32.
-  at::Tensor ws = workspace(M * K + M * G + M);
+  // row_scale [M, 2], all fp32.
+  at::Tensor ws = workspace(M * K + M * G + 2 * M);
   float* xs = reinterpret_cast<float*>(ws.data_ptr<int32_t>());
   float* xsum = xs + M * K;
   float* row_scale = xsum + M * G;
   at::parallel_for(0, M, kPrepareGrain,
                    [&](int64_t b, int64_t e) { kern.prepare_rows(w, x, b, e, xs, xsum, row_scale); });
-  const SmallMArgs args{w, xs, xsum, row_scale, y, M};
+  bool rescaled = false;  // rows with |x| >= 2^100 (prepare_rows): their output is scaled back in store_tile
+  for (int64_t m = 0; m < M && !rescaled; ++m) rescaled = row_scale[2 * m + 1] != 1.f;
+  KernelOutput yr = y;
+  if (rescaled) yr.row_factor = row_scale + 1;
+  const SmallMArgs args{w, xs, xsum, row_scale, yr, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
 
