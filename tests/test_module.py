@@ -170,3 +170,54 @@ def test_state_dict_without_g_idx_loads_as_sequential_groups():
     ref = QuantLinear.from_gptq(**hub, bits=4, group_size=32)
     x = torch.randn(3, 128)
     assert torch.equal(layer(x), ref(x))
+
+
+def test_bad_kernel_arguments_more():
+    # the argument checks the review found untested, each by name
+    hub, _, _ = random_hub_layer(128, 64, 4, 32, act_order=True)
+    layer = QuantLinear.from_gptq(**hub, bits=4, group_size=32)
+    x = torch.randn(2, 128)
+    op = torch.ops.slimformer.gptq_gemm
+    args = lambda **kw: [kw.get(k, v) for k, v in dict(x=x, qtiles=layer.qtiles, scale_zero=layer.scale_zero,
+                                                         perm=layer.perm, bias=layer.bias).items()]
+    with pytest.raises(RuntimeError, match="perm must be Long, got Int"):
+        op(*args(perm=layer.perm.int()), 4, 32, 128, 64)
+    bad = layer.perm.clone()
+    bad[3] = 128
+    with pytest.raises(RuntimeError, match=r"perm must be a permutation of \[0, 128\): perm\[3\] = 128 is out of range"):
+        op(*args(perm=bad), 4, 32, 128, 64)
+    bad[3] = bad[4]
+    with pytest.raises(RuntimeError, match="appears twice"):
+        op(*args(perm=bad), 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="qtiles must be Int, got Long"):
+        op(*args(qtiles=layer.qtiles.long()), 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match=r"bias must have shape \[64\], got \[1, 64\]"):
+        op(*args(bias=layer.bias[None]), 4, 32, 128, 64)
+    with pytest.raises(RuntimeError, match="in_features must be a multiple of 32"):
+        op(*args(), 3, 32, 120, 64)
+    with pytest.raises(RuntimeError, match="group_size to be a multiple of 8"):
+        op(*args(), 4, 20, 128, 64)
+    # one tensor on another device (meta stands in for an accelerator here): named, never garbage
+    for name in ("x", "scale_zero", "bias", "perm", "qtiles"):
+        moved = getattr(layer, name, None) if name != "x" else x
+        with pytest.raises(RuntimeError, match=f"one device.*{name} on meta"):
+            op(*args(**{name: moved.to("meta")}), 4, 32, 128, 64)
+    with pytest.raises(ValueError, match="g_idx must be an integer tensor"):
+        QuantLinear.from_gptq(**{**hub, "g_idx": hub["g_idx"].float()}, bits=4, group_size=32)
+
+
+def test_meta_layer_with_real_input_fails():
+    # the fake (meta) kernel used to answer a CPU input with uninitialised memory
+    layer = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=4, group_size=32).to("meta")
+    with pytest.raises(RuntimeError, match="one device"):
+        layer(torch.randn(2, 64))
+    assert layer(torch.randn(2, 64, device="meta")).shape == (2, 32)  # all-meta tracing still works
+    with pytest.raises(ValueError, match="int8 activation mode runs on the CPU only; this layer is on meta"):
+        layer.activation_mode = "int8"  # fails when set, not at the first forward
+
+
+def test_from_linear_refuses_non_finite_weights():
+    lin = torch.nn.Linear(64, 32)
+    lin.weight.data[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"weight holds NaN or inf values \(1 of 2048\)"):
+        QuantLinear.from_linear(lin, bits=4, group_size=32)

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "common/checks.h"
 #include "gptq/gptq_cpu.h"
 #include "gptq/gptq_decode.h"
@@ -45,6 +47,17 @@ inline at::Tensor prepare_activations(const at::Tensor& x, const c10::optional<a
   }
   if (perm.has_value() && perm->defined()) {
     check_tensor(*perm, "perm", at::kLong, {in_features}, device);
+    if (perm->device().is_cpu()) {  // a permutation of [0, K): O(K), small beside the GEMM (no device sync on CPU)
+      const int64_t* p = perm->data_ptr<int64_t>();
+      std::vector<bool> seen(static_cast<size_t>(in_features), false);
+      for (int64_t k = 0; k < in_features; ++k) {
+        TORCH_CHECK(p[k] >= 0 && p[k] < in_features, "perm must be a permutation of [0, ", in_features,
+                    "): perm[", k, "] = ", p[k], " is out of range");
+        TORCH_CHECK(!seen[p[k]], "perm must be a permutation of [0, ", in_features, "): ", p[k],
+                    " appears twice");
+        seen[p[k]] = true;
+      }
+    }
     return x.reshape({-1, in_features}).index_select(1, *perm);
   }
   return x.contiguous();

@@ -30,7 +30,16 @@ def _warn_fallback():
 
 
 if HAS_NATIVE:
+    def _same_device(**tensors):
+        # The fake doubles as the Meta kernel: a call mixing meta weights with real activations dispatches here and
+        # must fail, not hand back uninitialised memory.
+        devices = {name: t.device for name, t in tensors.items() if t is not None}
+        first = next(iter(devices.values()))
+        torch._check(all(d == first for d in devices.values()),
+                     lambda: f"all tensors must be on one device, got {', '.join(f'{n} on {d}' for n, d in devices.items())}")
+
     def _gptq_gemm_fake(x, qtiles, scale_zero, perm, bias, bits, group_size, in_features, out_features):
+        _same_device(x=x, qtiles=qtiles, scale_zero=scale_zero, perm=perm, bias=bias)
         torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
         return x.new_empty((*x.shape[:-1], out_features))
 
@@ -40,6 +49,7 @@ if HAS_NATIVE:
 
     @torch.library.register_fake("slimformer::gptq_dequantize")
     def _gptq_dequantize_fake(qtiles, scale_zero, bits, group_size, in_features, out_features):
+        _same_device(qtiles=qtiles, scale_zero=scale_zero)
         return scale_zero.new_empty((in_features, out_features), dtype=torch.float32)
 
     @torch.library.register_fake("slimformer::_unpack_bits")

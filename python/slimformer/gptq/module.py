@@ -67,6 +67,9 @@ class QuantLinear(nn.Module):
         if not is_linear_like(linear):
             raise TypeError(f"from_linear expects an nn.Linear or transformers Conv1D, got {type(linear).__name__}")
         weight = linear_weight(linear)
+        if weight.numel() and not bool(torch.isfinite(weight).all()):
+            raise ValueError(f"from_linear: the {type(linear).__name__}'s weight holds NaN or inf values "
+                             f"({int((~torch.isfinite(weight)).sum())} of {weight.numel()}); it cannot be quantized")
         q, scales, zeros = round_to_nearest(weight, bits, group_size, sym)
         bias = getattr(linear, "bias", None)
         return cls.from_int(q, scales, zeros, None, bias, bits=bits, group_size=group_size, sym=sym,
@@ -169,6 +172,8 @@ class QuantLinear(nn.Module):
             raise ValueError(f"activation_mode must be one of {self.ACTIVATION_MODES}, got {mode!r}")
         if not self.supports_activation_mode(mode):
             raise ValueError(f"the int8 activation mode needs 4-bit weights, this layer has bits={self.bits}")
+        if mode == "int8" and self.qtiles.device.type != "cpu":
+            raise ValueError(f"the int8 activation mode runs on the CPU only; this layer is on {self.qtiles.device}")
         self._act_int8 = mode == "int8"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
