@@ -1,6 +1,7 @@
 """The opt-in int8 activation mode (4-bit weights, CPU): kernel against its float64 spec on every ISA path and
 awkward shapes, exactness when the activations are already on the int8 grid, fallbacks, bad input, the module
 API and opcheck."""
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,20 @@ def test_largest_integer_sums_do_not_overflow(cpu_isa, sign, rows):
     layer.activation_mode = "int8"
     x = torch.full((rows, K), sign)
     torch.testing.assert_close(layer(x), torch.full((rows, N), sign * 15 * K))
+
+
+def test_activation_quantization_spec_is_float32_exact():
+    """quantize_activations_a8 (the spec the kernels are tested against) forms 127 / amax as one correctly rounded
+    fp32 division, as the kernel does; torch's `127.0 / tensor` (reciprocal, then times 127) differs in the last
+    bit for ~1 value in 4, and the rounded x8 then for about 1 configuration in 400."""
+    g = torch.Generator().manual_seed(1)
+    K = 128
+    amax = torch.rand(2000, 1, generator=g) * 10 + 1e-3
+    j = torch.randint(-126, 126, (2000, K), generator=g).float()
+    x = (amax * (j + 0.5)) / 127  # halfway between two int8 steps: where the last bit of 127 / amax decides
+    x[:, 0] = amax[:, 0]
+    x8, scale = F.quantize_activations_a8(x, group_size=K, in_features=K)
+    xn, an = x.numpy(), amax.numpy()
+    inv = np.float32(127) / an
+    assert np.array_equal(x8.numpy(), np.rint(xn * inv))
+    assert np.array_equal(scale[:, :1].numpy(), an / np.float32(127))

@@ -367,7 +367,9 @@ def quantize_activations_a8(xk: torch.Tensor, *, group_size: int, in_features: i
             k1 = min(k0 + A8_BLOCK, g0 + gs, K)
             blk = xk[:, k0:k1]
             amax = blk.abs().amax(dim=1, keepdim=True)
-            inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+            # 127 / amax as one correctly rounded fp32 division, as the kernel computes it (torch's scalar / tensor
+            # is reciprocal(amax) * 127, which differs in the last bit for a quarter of the values)
+            inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
             x8[:, k0:k1] = torch.round(blk * inv)
             scale[:, k0:k1] = amax / 127.0
     return x8, scale
