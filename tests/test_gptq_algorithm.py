@@ -139,7 +139,7 @@ def test_singular_hessian_retries_with_more_damping():
     W = torch.randn(16, K)
     with pytest.warns(RuntimeWarning, match="succeeded with damp"):
         r = gptq(W, H, bits=4, group_size=-1, damp=0.0)
-    assert r.damp > 0 and math.isfinite(r.error)
+    assert r.damp > 0 and 0 < r.error < 0.2
 
 
 def test_hessian_accumulator_is_mean_outer_product():

@@ -142,14 +142,39 @@ def test_int_path_setting_is_validated(monkeypatch):
         layer(torch.randn(1, 64).to(torch.bfloat16))
 
 
-def test_small_and_large_m_paths_agree(monkeypatch):
-    layer, _ = _layer(4, 256, 96, 64, True, "gptq_v2")
+def test_small_and_large_m_paths_match_the_reference(monkeypatch):
+    layer, hub = _layer(4, 256, 96, 64, True, "gptq_v2")
     x = torch.randn(24, 256)
-    monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", "1000")
-    fused = layer(x)
-    monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", "1")
-    tiled = layer(x)
-    assert rel_err(fused, tiled) < 1e-6
+    ref = F.reference_gemm(x.double(), **hub, bits=4, group_size=64, in_features=256, out_features=96,
+                           checkpoint_format="gptq_v2")
+    for threshold in ("1000", "1"):  # fused kernel, then dequantize-tiles + dense GEMM
+        monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", threshold)
+        assert rel_err(layer(x), ref) < 2e-6, threshold
+
+
+@pytest.mark.parametrize("bits,K,N,gs", [(4, 200, 72, 32), (3, 160, 96, -1), (2, 96, 48, 32), (8, 72, 24, 64)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_reference_tiled_gemm_is_the_hub_reference(monkeypatch, bits, K, N, gs, act_order):
+    # reference_tiled_gemm / reference_tiled_dequantize: the stated spec of the kernels (on the kernel layout) and
+    # the fallback without the native extension; checked against the float64 Hub-layout reference
+    layer, hub = _layer(bits, K, N, gs, act_order, "gptq_v2")
+    b = layer._buffers
+    kw = dict(bits=bits, group_size=layer.kernel_group_size, in_features=K, out_features=N)
+    x = torch.randn(3, 2, K)
+    ref = F.reference_gemm(x.double(), **hub, **kw, checkpoint_format="gptq_v2")
+    y = F.reference_tiled_gemm(x, b["qtiles"], b["scale_zero"], b["perm"], b["bias"], **kw)
+    assert y.dtype == torch.float32 and y.shape == (3, 2, N) and rel_err(y, ref) < 2e-6
+    W = F.reference_tiled_dequantize(b["qtiles"], b["scale_zero"], **kw)
+    Wref = F.reference_dequantize(*(hub[k] for k in ("qweight", "qzeros", "scales", "g_idx")), **kw,
+                                  checkpoint_format="gptq_v2")
+    perm = b["perm"] if b["perm"] is not None else torch.arange(K)
+    assert torch.equal(W.double(), Wref[perm])  # every value scale * (q - zero) is exact in fp32
+    # the op falls back to it, with one warning, when the extension is missing
+    from slimformer import ops
+    monkeypatch.setattr(ops, "HAS_NATIVE", False)
+    monkeypatch.setattr(ops, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="native extension not available"):
+        assert torch.equal(layer(x), y)
 
 
 def test_non_contiguous_activations(cpu_isa):

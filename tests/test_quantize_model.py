@@ -139,8 +139,13 @@ def test_lm_head_quantized_only_when_asked():
     slimformer.quantize(model, GPTQConfig(bits=4, group_size=64, lm_head=True), inputs("llama", 2), progress=False)
     assert isinstance(model.lm_head, QuantLinear)
     assert isinstance(model.model.embed_tokens, nn.Embedding)  # the embedding keeps its dense weight
-    out = model(**inputs("llama", 1)[0]).logits
-    assert torch.isfinite(out).all()
+    batch = inputs("llama", 1)[0]
+    out = model(**batch).logits
+    head = model.lm_head
+    model.lm_head = nn.Linear(head.in_features, head.out_features, bias=False)
+    model.lm_head.weight.data = head.dequantize()
+    ref = model(**batch).logits  # the same model with the head's dequantized weight as a dense Linear
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_bad_input():
