@@ -26,10 +26,12 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tok = _tokenizer(TEXT)
     (root / "text.txt").write_text(TEXT)
-    for arch in ("llama", "bert"):
-        model = tiny(arch, hidden=128)
-        model.save_pretrained(str(root / arch), safe_serialization=True)
-        tok.save_pretrained(str(root / arch))
+    for name, arch, hidden in (("llama", "llama", 128), ("bert", "bert", 128), ("bert-small", "bert", 64)):
+        model = tiny(arch, hidden=hidden)
+        model.save_pretrained(str(root / name), safe_serialization=True)
+        tok.save_pretrained(str(root / name))
+    (root / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (root / "a-file").write_text("not a directory")
     return root
 
 
@@ -67,6 +69,7 @@ def test_encoder_eval_needs_reference_and_reports_cosine(workspace, capsys):
                      str(workspace / "bert")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.9 < result["mean_cosine"] <= 1.0001 and result["sentences"] > 0
+    assert result["reference"] == str(workspace / "bert") and "cosine similarity" in result["metric"]
 
 
 def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
@@ -85,8 +88,27 @@ def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
     (["quantize", "{ws}/llama", "{ws}/x", "--bits", "5", "--method", "rtn"], "bits must be one of"),
     (["quantize", "{ws}/llama", "{ws}/x", "--calib", "{ws}/missing.txt"], "does not exist"),
     (["eval", "{ws}/llama", "--text", "{ws}/missing.txt"], "does not exist"),
-    (["bench", "{ws}/text.txt"], "does not exist"),
+    (["bench", "{ws}/nowhere"], "does not exist"),
+    (["bench", "{ws}/text.txt"], "is a file"),
+    # checked before any quantization starts
+    (["quantize", "{ws}/llama", "{ws}/a-file", "--method", "rtn"], "exists and is not a directory"),
+    (["quantize", "{ws}/llama", "{ws}/llama", "--method", "rtn"], "would overwrite the dense model"),
+    (["quantize", "{ws}/llama", "{ws}/x", "--calib", "{ws}/binary.txt"], "NUL bytes"),
+    (["quantize", "{ws}/llama", "{ws}/x", "--calib", "{ws}/text.txt", "--nsamples", "-3"], "positive integer"),
+    (["quantize", "{ws}/llama", "{ws}/x", "--calib", "{ws}/text.txt", "--seqlen", "5000"], "max_position_embeddings"),
+    (["bench", "{ws}/llama", "--batch", "0"], "positive integer"),
+    (["bench", "{ws}/llama", "--seqlen", "0"], "positive integer"),
+    (["bench", "{ws}/llama", "--new-tokens", "0"], "positive integer"),
+    (["bench", "{ws}/llama", "--seqlen", "5000"], "longer than the model's max_position_embeddings"),
+    (["eval", "{ws}/llama", "--text", "{ws}/text.txt", "--seqlen", "1"], "at least 2"),
+    (["eval", "{ws}/llama", "--text", "{ws}/text.txt", "--max-tokens", "0"], "positive integer"),
+    (["eval", "{ws}/bert", "--text", "{ws}/text.txt", "--reference", "{ws}/bert-small"], "not the same model"),
 ])
 def test_cli_errors(workspace, capsys, args, message):
-    assert cli.main([a.format(ws=workspace) for a in args]) == 2
+    try:
+        rc = cli.main([a.format(ws=workspace) for a in args])
+    except SystemExit as e:  # argparse rejects the value itself
+        rc = e.code
+    assert rc == 2
     assert message in capsys.readouterr().err
+    assert not (workspace / "x").exists()

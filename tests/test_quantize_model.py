@@ -225,3 +225,18 @@ def test_peak_memory_grows_with_one_block_not_depth(tmp_path, mode):
     assert growth[2] > copy  # the measurement sees at least the activations of one block
     # keeping every block's activations would add >= 6 copies; allocator noise between runs is ~1 copy
     assert growth[8] - growth[2] < (2 if mode == "plain" else 3) * copy, growth
+
+
+def test_blank_calibration_strings_and_out_of_vocabulary_ids():
+    model = tiny("llama")
+    with pytest.raises(ValueError, match="2 blank strings"):
+        slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), ["", "  \n\t"], tokenizer=CharTokenizer(),
+                            progress=False)
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 empty or whitespace-only strings \[1\]"):
+        slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), ["some text here", "   "],
+                            tokenizer=CharTokenizer(), progress=False)
+    model = tiny("llama")
+    bad = [{"input_ids": torch.tensor([[1, 2, 300]])}]
+    with pytest.raises(ValueError, match=r"token ids in \[1, 300\], outside the model's vocabulary \[0, 256\)"):
+        slimformer.quantize(model, GPTQConfig(bits=4, group_size=64), bad, progress=False)
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())

@@ -18,6 +18,40 @@ class CliError(Exception):
     pass
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _check_seqlen(model, seqlen: int, flag: str = "--seqlen", minimum: int = 1) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if seqlen < minimum:
+        raise CliError(f"{flag} must be at least {minimum}, got {seqlen}")
+    if limit is not None and seqlen > limit:
+        raise CliError(f"{flag} {seqlen} is longer than the model's max_position_embeddings ({limit})")
+    return seqlen
+
+
+def _check_out_dir(model_dir: Path, out_dir: Path):
+    """The cheap checks, before any quantization: where the checkpoint goes must be a directory we may write, and
+    not the dense model's own."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"OUT_DIR {out_dir} exists and is not a directory")
+    if out_dir.resolve() == model_dir.resolve():
+        raise CliError(f"OUT_DIR is MODEL_DIR ({model_dir}): that would overwrite the dense model; choose another "
+                       "directory")
+    parent = out_dir.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"OUT_DIR {out_dir} cannot be created: {parent} is not a directory")
+
+
 def _info(args):
     import torch
 
@@ -34,6 +68,9 @@ def _quantize(args):
     import slimformer
     from slimformer import evaluate as ev
 
+    _check_out_dir(args.model_dir, args.out_dir)
+    if args.calib is not None:
+        ev.read_text(args.calib)  # a missing, empty or binary file fails now, not after loading the model
     config = slimformer.GPTQConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act,
                                    sym=not args.asym, damp_percent=args.damp, static_groups=args.static_groups,
                                    true_sequential=not args.no_true_sequential, method=args.method,
@@ -48,7 +85,7 @@ def _quantize(args):
             raise CliError("--calib FILE.txt is required for GPTQ (or use --method rtn)")
         if tokenizer is None:
             raise CliError(f"{args.model_dir} has no tokenizer files to tokenize the calibration text with")
-        seqlen = min(args.seqlen, getattr(model.config, "max_position_embeddings", args.seqlen))
+        seqlen = _check_seqlen(model, args.seqlen, minimum=2)
         text = ev.read_text(args.calib)
         if ev.is_causal_lm(model.config):
             ids = ev.token_ids(tokenizer, text)
@@ -72,24 +109,34 @@ def _quantize(args):
 def _eval(args):
     from slimformer import evaluate as ev
 
+    text = ev.read_text(args.text)
     model, tokenizer = ev.load_model(args.model_dir)
     if tokenizer is None:
         raise CliError(f"{args.model_dir} has no tokenizer files")
-    text = ev.read_text(args.text)
     result = {"model": str(args.model_dir)}
     if ev.is_causal_lm(model.config):
-        seqlen = min(args.seqlen, getattr(model.config, "max_position_embeddings", args.seqlen))
+        seqlen = _check_seqlen(model, args.seqlen, minimum=2)
         ids = ev.token_ids(tokenizer, text)
         if args.max_tokens:
             ids = ids[:args.max_tokens]
-        result.update(perplexity=ev.perplexity(model, ids, seqlen), tokens=int(ids.numel()), seqlen=seqlen)
+        result.update(metric="perplexity: exp(mean next-token negative log-likelihood) over non-overlapping windows "
+                             "of seqlen tokens (lower is better)",
+                      perplexity=ev.perplexity(model, ids, seqlen), tokens=int(ids.numel()), seqlen=seqlen)
     else:
         if args.reference is None:
             raise CliError("encoders are evaluated by embedding fidelity: pass --reference DENSE_MODEL_DIR")
         reference, _ = ev.load_model(args.reference)
+        for key in ("hidden_size", "vocab_size", "model_type"):
+            mine, theirs = getattr(model.config, key, None), getattr(reference.config, key, None)
+            if mine != theirs:
+                raise CliError(f"--reference {args.reference} is not the same model: {key} {theirs} vs {mine} in "
+                               f"{args.model_dir}")
         sents = ev.sentences(text)[: args.max_sentences]
         if not sents:
             raise CliError(f"no sentences of 5-60 words found in {args.text}")
+        result.update(reference=str(args.reference),
+                      metric="cosine similarity between each sentence's mean-pooled, L2-normalized embedding from "
+                             "the model and from the reference (1 = identical)")
         result.update(ev.embedding_fidelity(model, reference, tokenizer, sents, progress=True))
     print(json.dumps(result, indent=2))
     return result
@@ -106,6 +153,8 @@ def _bench(args):
     rows = []
     for label, path in models:
         model, _ = ev.load_model(path)
+        _check_seqlen(model, args.seqlen + (16 + args.new_tokens if ev.is_causal_lm(model.config) else 0),
+                      "--seqlen (plus the decode test's 16 + --new-tokens for causal LMs)")
         vocab = getattr(model.config, "vocab_size", 1000)
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, vocab, (args.batch, args.seqlen), generator=g)
@@ -143,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--asym", action="store_true", help="asymmetric grid (default symmetric)")
     q.add_argument("--method", choices=["gptq", "rtn"], default="gptq")
     q.add_argument("--calib", type=Path, help="calibration text file (UTF-8)")
-    q.add_argument("--nsamples", type=int, default=128,
+    q.add_argument("--nsamples", type=_positive_int, default=128,
                    help="calibration windows (causal LMs) or sentences (encoders)")
-    q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    q.add_argument("--seqlen", type=_positive_int, default=512, help="tokens per calibration window")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--damp", type=float, default=0.01)
     q.add_argument("--mse", action="store_true", help="MSE shrink search for each group's grid")
@@ -157,28 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--no-true-sequential", action="store_true")
     q.add_argument("--lm-head", action="store_true", help="also quantize the output projection")
     q.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")
-    q.add_argument("--checkpoint-format", choices=["gptq", "gptq_v2"], default="gptq")
+    q.add_argument("--checkpoint-format", choices=["gptq", "gptq_v2"], default=None,
+                   help="zero-point storage: default v1 ('gptq') for symmetric, gptq_v2 for --asym")
     q.add_argument("--device", default=None, help="where blocks are processed (e.g. cuda); default: cpu")
 
     e = sub.add_parser("eval", help="perplexity (causal LMs) or embedding fidelity to a reference (encoders)")
     e.add_argument("model_dir", type=Path)
     e.add_argument("--text", type=Path, required=True)
     e.add_argument("--reference", type=Path, help="dense model directory (encoders)")
-    e.add_argument("--seqlen", type=int, default=512)
-    e.add_argument("--max-tokens", type=int, default=None)
-    e.add_argument("--max-sentences", type=int, default=1000)
+    e.add_argument("--seqlen", type=_positive_int, default=512)
+    e.add_argument("--max-tokens", type=_positive_int, default=None)
+    e.add_argument("--max-sentences", type=_positive_int, default=1000)
 
     b = sub.add_parser("bench", help="forward throughput (and decode tokens/s for LMs), dense vs compressed")
     b.add_argument("model_dir", type=Path)
     b.add_argument("--reference", type=Path, help="dense model directory to compare with")
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--seqlen", type=int, default=128)
-    b.add_argument("--new-tokens", type=int, default=32)
+    b.add_argument("--batch", type=_positive_int, default=1)
+    b.add_argument("--seqlen", type=_positive_int, default=128)
+    b.add_argument("--new-tokens", type=_positive_int, default=32)
 
     args = parser.parse_args(argv)
     try:
         {"info": _info, "quantize": _quantize, "eval": _eval, "bench": _bench}[args.command](args)
-    except (CliError, FileNotFoundError, ValueError, TypeError) as e:
+    except (CliError, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as e:
         print(f"slimformer {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

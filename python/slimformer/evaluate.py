@@ -37,8 +37,10 @@ def load_model(path, *, dtype=torch.float32):
 
     from .hf.checkpoint import CheckpointError, load_pretrained, resolve_model_class, weight_files
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; a model directory was expected")
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path} has no config.json: not a Hugging Face model directory")
     if is_quantized_checkpoint(path):
@@ -58,9 +60,17 @@ def load_model(path, *, dtype=torch.float32):
 
 def read_text(path) -> str:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"text file {path} does not exist")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a text file was expected)")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path} holds NUL bytes: a UTF-8 text file was expected, not a binary one")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not text.strip():
         raise ValueError(f"text file {path} is empty")
     return text

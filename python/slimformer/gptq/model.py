@@ -6,6 +6,8 @@ execution order; RTN needs no data. Both touch the same layers: the linears insi
 modules_to_not_convert, plus the output head with lm_head=True."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -57,18 +59,23 @@ class GPTQCompressor(LayerCompressor):
             model.config.tie_word_embeddings = False
 
 
-def calibration_batches(calibration_data, tokenizer=None, max_length: int | None = None) -> list[dict]:
-    """Model-input dicts from a list of strings (tokenized one by one) or an iterable of dicts."""
+def calibration_batches(calibration_data, tokenizer=None, max_length: int | None = None,
+                        vocab_size: int | None = None) -> list[dict]:
+    """Model-input dicts from a list of strings (tokenized one by one) or an iterable of dicts. Blank strings are
+    skipped with a warning; token ids outside [0, vocab_size) are refused."""
     if calibration_data is None:
         raise ValueError("calibration_data is required for method='gptq' (a list of strings with a tokenizer, or "
                          "model-input dicts); use GPTQConfig(method='rtn') to quantize without data")
     if isinstance(calibration_data, (str, dict)):
         calibration_data = [calibration_data]
-    batches = []
-    for item in calibration_data:
+    batches, blank = [], []
+    for i, item in enumerate(calibration_data):
         if isinstance(item, str):
             if tokenizer is None:
                 raise ValueError("calibration_data holds strings: pass tokenizer= to tokenize them")
+            if not item.strip():
+                blank.append(i)
+                continue
             enc = tokenizer(item, return_tensors="pt", truncation=max_length is not None, max_length=max_length)
             batches.append(dict(enc))
         elif isinstance(item, dict) or hasattr(item, "keys"):
@@ -84,9 +91,21 @@ def calibration_batches(calibration_data, tokenizer=None, max_length: int | None
             batches.append(b)
         else:
             raise TypeError(f"calibration_data items must be str or dict of model inputs, got {type(item).__name__}")
+    empty = len(batches)
     batches = [b for b in batches if not ("input_ids" in b and b["input_ids"].numel() == 0)]
+    empty -= len(batches)
     if not batches:
-        raise ValueError("calibration_data is empty: GPTQ needs at least one non-empty sample")
+        raise ValueError(f"calibration_data is empty: GPTQ needs at least one non-empty sample (got {len(blank)} "
+                         f"blank strings and {empty} samples without tokens)")
+    if blank or empty:
+        warnings.warn(f"calibration_data: skipped {len(blank)} empty or whitespace-only strings "
+                      f"{blank[:8]} and {empty} samples that tokenize to nothing", RuntimeWarning, stacklevel=3)
+    if vocab_size is not None:
+        for i, b in enumerate(batches):
+            ids = b.get("input_ids")
+            if isinstance(ids, torch.Tensor) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+                raise ValueError(f"calibration sample {i} has token ids in [{int(ids.min())}, {int(ids.max())}], "
+                                 f"outside the model's vocabulary [0, {vocab_size})")
     return batches
 
 
@@ -113,7 +132,12 @@ def quantize(model: nn.Module, config: GPTQConfig | None = None, calibration_dat
     batches = None
     if config.method == "gptq":
         max_length = config.model_seqlen or getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        batches = calibration_batches(calibration_data, tokenizer, max_length)
+        try:
+            embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        except NotImplementedError:
+            embeddings = None
+        vocab = getattr(embeddings, "num_embeddings", None)
+        batches = calibration_batches(calibration_data, tokenizer, max_length, vocab)
     rows = run_layerwise(model, GPTQCompressor(config), batches, device=device, progress=progress)
     if hasattr(model, "config"):
         model.config.quantization_config = config.to_dict()
