@@ -221,3 +221,17 @@ def test_from_linear_refuses_non_finite_weights():
     lin.weight.data[3, 5] = float("nan")
     with pytest.raises(ValueError, match=r"weight holds NaN or inf values \(1 of 2048\)"):
         QuantLinear.from_linear(lin, bits=4, group_size=32)
+
+
+def test_one_list_of_bit_widths():
+    # The C++ list (kGptqBits, gptq_layout.h) and Python's format registry accept the same widths
+    from slimformer.formats import FORMATS
+    python_bits = sorted(f.bits for f in FORMATS.values() if f.name.startswith("gptq_"))
+    native_bits = []
+    for bits in range(1, 10):
+        try:
+            torch.ops.slimformer._unpack_bits(torch.zeros(3, 1, dtype=torch.int32), bits, 0)
+            native_bits.append(bits)
+        except RuntimeError as e:
+            assert "bits must be one of 2, 3, 4, 8" in str(e)
+    assert native_bits == python_bits == [2, 3, 4, 8]

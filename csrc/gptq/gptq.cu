@@ -133,13 +133,9 @@ __global__ void dequantize_kernel(TiledWeight w, void* __restrict__ out, CudaDTy
 
 template <template <int> class Launch, class... Args>
 cudaError_t dispatch_bits(int64_t bits, Args... args) {
-  switch (bits) {
-    case 2: return Launch<2>::run(args...);
-    case 3: return Launch<3>::run(args...);
-    case 4: return Launch<4>::run(args...);
-    case 8: return Launch<8>::run(args...);
-    default: return cudaErrorInvalidValue;
-  }
+  cudaError_t err = cudaErrorInvalidValue;
+  with_gptq_bits(bits, [&](auto b) { err = Launch<decltype(b)::value>::run(args...); });
+  return err;
 }
 
 template <int BITS>

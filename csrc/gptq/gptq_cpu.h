@@ -70,7 +70,7 @@ inline int64_t i16_blocks_per_group(const TiledWeight& w) {
   return (gs + kI16Block - 1) / kI16Block;
 }
 inline int64_t blocks_i16(const TiledWeight& w) { return w.groups() * i16_blocks_per_group(w); }
-constexpr bool i16_bits(int64_t bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
+constexpr bool i16_bits(int64_t bits) { return gptq_bits_supported(bits); }  // every width has an integer path
 // The integer kernel multiplies field j of both 16-bit halves of a weight word by one int32 holding an activation
 // pair: "pair" p of a packing unit is the two values (i16_pair_lo, i16_pair_hi) that share a field, and xq holds
 // the pairs of each unit in order p = 0 .. unit_values/2 - 1. The words of a unit hold i16_word_pairs pairs each

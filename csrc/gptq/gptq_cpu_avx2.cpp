@@ -10,13 +10,11 @@ using V = simd::avx2_impl::V;
 }  // namespace avx2_impl
 }  // namespace gptq
 }  // namespace slimformer
+#include "common/cpu_dispatch.h"
 #include "gptq_cpu_kernel.h"
 
 namespace slimformer {
 namespace gptq {
-const CpuKernels& cpu_kernels_avx2() {
-  static const CpuKernels k = avx2_impl::kernels();
-  return k;
-}
+SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_avx2, avx2_impl::kernels())
 }  // namespace gptq
 }  // namespace slimformer

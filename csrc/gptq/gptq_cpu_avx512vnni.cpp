@@ -14,13 +14,11 @@ using V = simd::avx512vnni_impl::V;
 }  // namespace avx512vnni_impl
 }  // namespace gptq
 }  // namespace slimformer
+#include "common/cpu_dispatch.h"
 #include "gptq_cpu_kernel.h"
 
 namespace slimformer {
 namespace gptq {
-const CpuKernels& cpu_kernels_avx512vnni() {
-  static const CpuKernels k = avx512vnni_impl::kernels();
-  return k;
-}
+SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_avx512vnni, avx512vnni_impl::kernels())
 }  // namespace gptq
 }  // namespace slimformer

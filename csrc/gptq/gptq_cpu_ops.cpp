@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 
+#include "common/cpu_dispatch.h"
 #include "common/cpu_isa.h"
 #include "gptq/gptq_cpu.h"
 #include "gptq/gptq_ops_common.h"
@@ -18,14 +19,10 @@ namespace slimformer {
 namespace gptq {
 namespace {
 
-const CpuKernels& kernels_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512Vnni: return cpu_kernels_avx512vnni();
-    case CpuIsa::kAvx512: return cpu_kernels_avx512();
-    case CpuIsa::kAvx2: return cpu_kernels_avx2();
-    default: return cpu_kernels_scalar();
-  }
-}
+// GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp).
+constexpr CpuDispatch<CpuKernels> kCpuKernels{
+    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni}};
+const CpuKernels& kernels_for(CpuIsa isa) { return kCpuKernels.get(isa); }
 
 // Rows from which the dequantize-tile + fp32 GEMM path is used instead of the fused kernels, per ISA. The fused
 // kernels keep the weight tile in L2 while they sweep the rows, so they stay ahead until the GEMM's blocking wins.
@@ -231,7 +228,7 @@ at::Tensor gptq_dequantize_cpu(const at::Tensor& qtiles, const at::Tensor& scale
 // Test hook for the shared decode header: unpacks `count` values per column from words [W, C] (rows packed along
 // dim 0 as one bit stream), exactly as the kernels decode them.
 at::Tensor unpack_bits_cpu(const at::Tensor& words, int64_t bits, int64_t count) {
-  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be one of 2, 3, 4, 8, got ", bits);
+  TORCH_CHECK(gptq_bits_supported(bits), "bits must be one of ", kGptqBitsText, ", got ", bits);
   TORCH_CHECK(words.dim() == 2 && words.scalar_type() == at::kInt, "words must be a 2-D int32 tensor, got ",
               words.dim(), "-D ", c10::toString(words.scalar_type()));
   TORCH_CHECK(count >= 0 && count * bits <= words.size(0) * 32, "count=", count, " values of ", bits,

@@ -9,13 +9,11 @@ using V = simd::scalar_impl::V;
 }  // namespace scalar_impl
 }  // namespace gptq
 }  // namespace slimformer
+#include "common/cpu_dispatch.h"
 #include "gptq_cpu_kernel.h"
 
 namespace slimformer {
 namespace gptq {
-const CpuKernels& cpu_kernels_scalar() {
-  static const CpuKernels k = scalar_impl::kernels();
-  return k;
-}
+SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_scalar, scalar_impl::kernels())
 }  // namespace gptq
 }  // namespace slimformer

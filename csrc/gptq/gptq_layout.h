@@ -16,6 +16,7 @@
 //   y[n] += scale * acc - (scale * zero) * sum_k x[k].
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "common/float_convert.h"
 
@@ -29,6 +30,33 @@ namespace slimformer {
 namespace gptq {
 
 constexpr int kTileCols = 32;
+
+// The GPTQ bit widths: the one list the op checks, the CPU kernels and the CUDA kernels dispatch over (Python's
+// weight-format registry, python/slimformer/formats.py, registers the same widths; tests/test_module.py checks the
+// two agree). Adding a width is adding it here, plus its decode in gptq_decode.h.
+constexpr int kGptqBits[] = {2, 3, 4, 8};
+constexpr int kNumGptqBits = sizeof(kGptqBits) / sizeof(kGptqBits[0]);
+SF_LAYOUT_HD constexpr bool gptq_bits_supported(int64_t bits) {
+  for (int i = 0; i < kNumGptqBits; ++i)
+    if (kGptqBits[i] == bits) return true;
+  return false;
+}
+constexpr const char* kGptqBitsText = "2, 3, 4, 8";  // for error messages
+
+// Calls fn(std::integral_constant<int, B>{}) for the width B == bits of kGptqBits (one instantiation per width);
+// returns false, calling nothing, when bits is not one of them.
+template <int I = 0, class Fn>
+bool with_gptq_bits(int64_t bits, Fn&& fn) {
+  if constexpr (I < kNumGptqBits) {
+    if (bits == kGptqBits[I]) {
+      fn(std::integral_constant<int, kGptqBits[I]>{});
+      return true;
+    }
+    return with_gptq_bits<I + 1>(bits, fn);
+  } else {
+    return false;
+  }
+}
 
 struct TiledWeight {
   const int32_t* qtiles;

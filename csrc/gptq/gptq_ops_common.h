@@ -14,7 +14,7 @@ namespace gptq {
 // Validates bits/group_size/shape arguments and the kernel-layout tensors; returns the raw view.
 inline TiledWeight check_tiled_weight(const at::Tensor& qtiles, const at::Tensor& scale_zero, int64_t bits,
                                       int64_t group_size, int64_t in_features, int64_t out_features) {
-  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be one of 2, 3, 4, 8, got ", bits);
+  TORCH_CHECK(gptq_bits_supported(bits), "bits must be one of ", kGptqBitsText, ", got ", bits);
   TORCH_CHECK(in_features > 0 && out_features > 0, "in_features and out_features must be positive, got ",
               in_features, " and ", out_features);
   const int64_t uv = unit_values(static_cast<int>(bits));

@@ -1,0 +1,264 @@
+// GPTQ CPU integer kernel for bf16 activations (interface and numerics in gptq_cpu.h, SmallMI16Args).
+//
+// Why: with fp32 arithmetic each int4 weight costs an AND plus an FMA, and the FMA reads the masked word as a
+// denormal float, which Zen 3 executes at about 2/3 of the normal rate (measured: the same loop with normal
+// operands is ~1.5x faster). vpmaddwd instead multiplies 16 int16 pairs and adds adjacent products in one
+// instruction, so a word of 8 int4 values costs 3 shifts, 3 ANDs, 4 multiply-adds and 4 adds per 8 columns:
+// about 1.75 instructions per 8 multiply-adds against 2-2.25, none of them on denormals.
+//
+// Lane layout: a 32-bit lane holds one column's packed word, and each field of its low 16-bit half has a partner
+// at the same position of the high half (for 2/4/8 bits the Hub stream is already so: value j and value
+// 16/BITS + j; int3 gets its own layout at load, gptq_decode.h). Isolating a field in both halves at once
+// (field16) and multiplying by one broadcast int32 holding the activation pair (gptq_cpu.h, i16_pair_lo/hi)
+// handles two values per lane. int3 costs 8 isolating instructions per word of 10 values, plus 8 for the sliced
+// pair of every 3 words: 64 instructions per 32 values and 8 columns against int4's 56 (measured on Zen 3, 1
+// thread, weights in L2: 25.7 vs 23.1 us per 1M weights), while streaming 25% fewer bytes.
+#pragma once
+#include "gptq_cpu_common.h"
+
+namespace slimformer {
+namespace gptq {
+namespace SF_ISA_NS {
+
+// Rows [m0, m1): splits each activation block into int16 hi values and exact residuals (see gptq_cpu.h).
+template <int BITS, class T>
+bool prepare_rows_i16(const TiledWeight& w, const T* x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
+                      float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
+  constexpr int UV = unit_values(BITS);
+  const int64_t K = w.K, G = w.groups(), gs = w.group_size < w.K ? w.group_size : w.K;
+  const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
+  for (int64_t m = m0; m < m1; ++m) {
+    const T* xr = x + m * K;
+    int32_t* xqr = xq + m * (K / 2);
+    float* bs = bscale + m * NB;
+    int32_t* off = res_off + m * (NB + 1);
+    int32_t* rk = res_k + m * K;
+    float* rl = res_lo + m * K;
+    int32_t nres = 0;
+    off[0] = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
+      double gsum = 0.0;
+      for (int64_t b = 0; b < bpg; ++b) {
+        const int64_t k0 = g * gs + b * kI16Block;
+        const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;
+        const int64_t n = k1 - k0;
+        const uint32_t amax_bits = abs_max_bits(xr + k0, n);
+        if (amax_bits >= 0x7F800000u) return false;  // inf or NaN: only the float path propagates them faithfully
+        // e with amax < 2^e (frexp's exponent, read off the bits), at least -100 so that 2^(15-e) stays finite;
+        // values of a block that small end up in the residuals.
+        int e = amax_bits == 0 ? 0 : static_cast<int>(amax_bits >> 23) - 126;
+        e = e < -100 ? -100 : e;
+        const float to_grid = pow2(15 - e), grid = pow2(e - 15);
+        bs[g * bpg + b] = grid;
+        float hf[kI16Block], lo[kI16Block];
+        int32_t hi[kI16Block];
+        uint32_t lo_bits[kI16Block];
+        int32_t hsum = 0;  // |sum| < 128 * 2^15
+        for (int64_t i = 0; i < n; ++i) {
+          // |x| * to_grid < 2^15, but an fp32 |x| just below 2^e (0.99999994 = 1 - 2^-24) rounds up to 2^15, which
+          // would wrap to -2^15 in int16: clamp to +-(2^15 - 1), and lo keeps the exact remainder (within a factor
+          // of 2 of x, so the subtraction is exact). bf16 values (8-bit mantissas) never reach the clamp.
+          const float xv = load_x(xr, k0 + i);
+          const float r = std::nearbyint(xv * to_grid);
+          hf[i] = r > 32767.f ? 32767.f : (r < -32767.f ? -32767.f : r);
+          lo[i] = xv - hf[i] * grid;  // exact: what the 2^(e-15) grid cannot hold of x
+          hi[i] = static_cast<int32_t>(hf[i]);
+          hsum += hi[i];
+          std::memcpy(lo_bits + i, lo + i, 4);
+        }
+        double lsum = 0.0;
+        for (int64_t i0 = 0; i0 < n; i0 += 16) {  // residuals are rare: skip 16 values at a time
+          const int64_t i1 = i0 + 16 < n ? i0 + 16 : n;
+          uint32_t any = 0;
+          for (int64_t i = i0; i < i1; ++i) any |= lo_bits[i];
+          if (any == 0) continue;
+          for (int64_t i = i0; i < i1; ++i)
+            if (lo[i] != 0.f) {
+              rk[nres] = static_cast<int32_t>(k0 + i);
+              rl[nres] = lo[i];
+              lsum += lo[i];
+              ++nres;
+            }
+        }
+        gsum += static_cast<double>(hsum) * grid + lsum;  // the block's exact sum of x, up to lsum's rounding
+        for (int64_t i = 0; i < n; i += UV)  // blocks hold whole units
+          for (int p = 0; p < UV / 2; ++p)
+            xqr[(k0 + i) / 2 + p] =
+                static_cast<int32_t>((static_cast<uint32_t>(hi[i + i16_pair_lo(BITS, p)]) & 0xFFFFu) |
+                                     (static_cast<uint32_t>(hi[i + i16_pair_hi(BITS, p)]) << 16));
+        off[g * bpg + b + 1] = nres;
+      }
+      xsum[m * G + g] = static_cast<float>(gsum);
+    }
+  }
+  return true;
+}
+
+// Field s (the value at bit s of each 16-bit half, BITS wide) of every lane, for vpmaddwd: the lowest field needs
+// only an AND, one ending at bit 15 only a 16-bit shift, the others a shift and an AND. s must fold to a constant
+// (the callers' loops are fully unrolled).
+template <int BITS>
+inline typename V::I field16(typename V::I w, int s) {
+  constexpr uint32_t mask16 = ((1u << BITS) - 1u) * 0x10001u;
+  if (s == 0) return V::and_(w, mask16);
+  if (s + BITS == 16) return V::srli16(w, s);
+  return V::and_(V::srli(w, s), mask16);
+}
+
+// Column vectors of value r (run-time) of the unit whose word 0 is at p, as integers.
+template <int BITS>
+inline typename V::I value_at(const int32_t* p, int r) {
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  const typename V::I word =
+      value_sliced(BITS, r) ? sliced_word<BITS>(p) : V::loadi(p + value_word(BITS, r) * kTileCols);
+  return V::and_(V::srlv(word, value_shift(BITS, r)), mask);
+}
+
+// Blocks handed to one dot_blocks_i16 call. int3 (3-word units): out of line, 8 blocks per call. Inlined into the
+// tile loop, GCC kept the tile's fp32 outputs in registers and spilled the accumulators instead, and a call per
+// block (4 units) spent ~10% on entry. 2/4/8 bits (1-word units): inlined, one block per call; the out-of-line form
+// measured ~4% slower for int4 with the weights streaming from DRAM (2 threads, same speed in cache).
+constexpr int64_t i16_blocks_per_call(int bits) { return unit_words(bits) > 1 ? 8 : 1; }
+
+// For the i16 blocks [blk0, blk1) of column tile t and activation rows [m0, m0 + MR): bsum[mm][blk - blk0][c] =
+// the block's exact int32 dot product of the weights with the int16 activations, times the block's grid.
+template <int BITS, int MR>
+__attribute__((always_inline)) inline void dot_blocks_i16(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
+                                                          int64_t blk0, int64_t blk1, float* bsum) {
+  using I = typename V::I;
+  constexpr int L = V::L;
+  constexpr int NV = kTileCols / L;
+  constexpr int UV = unit_values(BITS), UW = unit_words(BITS), UP = UV / 2, WP = i16_word_pairs(BITS);
+  const int64_t K = a.w.K, gs = a.w.group_size < K ? a.w.group_size : K;
+  const int64_t bpg = i16_blocks_per_group(a.w), NB = blocks_i16(a.w);
+  const int32_t* xq[MR];
+  for (int mm = 0; mm < MR; ++mm) xq[mm] = a.xq + (m0 + mm) * (K / 2);
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    // block_range(a.w, blk), spelled out: through the helper this kernel measured 1-3% slower from DRAM in one
+    // A/B run (at the edge of this machine's noise; kept as it was).
+    const int64_t g = blk / bpg;
+    const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
+    const int64_t k0 = g * gs + (blk % bpg) * kI16Block;
+    const int64_t k1 = k0 + kI16Block < gend ? k0 + kI16Block : gend;  // k1 <= k0: an empty block
+    I acc[MR][NV];
+    for (int mm = 0; mm < MR; ++mm)
+      for (int v = 0; v < NV; ++v) acc[mm][v] = V::zeroi();
+    for (int64_t u = k0 / UV; u < k1 / UV; ++u) {
+      const int32_t* up = qt + u * UW * kTileCols;
+      // The unit's UW tile rows of 128 bytes, kPrefetchInts ahead: two lines each.
+      for (int line = 0; line < UW * 2; ++line) __builtin_prefetch(up + kPrefetchInts + line * 16);
+      // Word outer, column vector next, field inner: the word's WP broadcasts per row stay in registers while
+      // each word is decoded, and only one word is live at a time. Plain loops, fully unrolled, rather than
+      // static_for: accumulators captured by a lambda stayed in memory (20% slower).
+#pragma GCC unroll 4
+      for (int wi = 0; wi < UW; ++wi) {
+        I xb[MR][WP];
+        for (int mm = 0; mm < MR; ++mm)
+          for (int j = 0; j < WP; ++j) xb[mm][j] = V::bcasti(xq[mm] + u * UP + wi * WP + j);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const I wv = V::loadi(up + wi * kTileCols + v * L);
+#pragma GCC unroll 16
+          for (int j = 0; j < WP; ++j) {
+            const I d = field16<BITS>(wv, value_shift(BITS, i16_pair_lo(BITS, wi * WP + j)));
+            for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::dpwssd(acc[mm][v], d, xb[mm][j]);
+          }
+        }
+        // Without this GCC hoists the multiplies of several words ahead of their adds and spills the products
+        // (int3: 34 vs 28 us per 1M weights on Zen 3).
+        if constexpr (UW > 1)
+          for (int mm = 0; mm < MR; ++mm)
+            for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
+      }
+      if constexpr (UW * WP < UP) {  // int3: the sliced pair (values 30 and 31), already one per 16-bit half
+        static_assert(UW * WP + 1 == UP, "one sliced pair per unit");
+        I xb[MR];
+        for (int mm = 0; mm < MR; ++mm) xb[mm] = V::bcasti(xq[mm] + u * UP + UW * WP);
+        for (int v = 0; v < NV; ++v) {
+          const I d = sliced_word<BITS>(up + v * L);
+          for (int mm = 0; mm < MR; ++mm) acc[mm][v] = V::dpwssd(acc[mm][v], d, xb[mm]);
+        }
+        for (int mm = 0; mm < MR; ++mm)
+          for (int v = 0; v < NV; ++v) V::keep(acc[mm][v]);
+      }
+    }
+    for (int mm = 0; mm < MR; ++mm) {
+      const typename V::F grid = V::bcast(a.bscale + (m0 + mm) * NB + blk);
+      float* dst = bsum + (mm * i16_blocks_per_call(BITS) + (blk - blk0)) * kTileCols;
+      for (int v = 0; v < NV; ++v) V::store(dst + v * L, V::mul(V::cvt(acc[mm][v]), grid));
+    }
+  }
+}
+
+template <int BITS, int MR>
+__attribute__((noinline)) void dot_blocks_i16_outlined(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
+                                                       int64_t blk0, int64_t blk1, float* bsum) {
+  dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsum);
+}
+
+template <int BITS, int MR>
+void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
+  using F = typename V::F;
+  constexpr int L = V::L;
+  constexpr int NV = kTileCols / L;
+  constexpr int UV = unit_values(BITS), UW = unit_words(BITS);
+  const TiledWeight& w = a.w;
+  const int64_t K = w.K, G = w.groups();
+  const int64_t bpg = i16_blocks_per_group(w), NB = blocks_i16(w);
+  const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
+  const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
+
+  F out[MR][NV];
+  for (int mm = 0; mm < MR; ++mm)
+    for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
+
+  constexpr int64_t BPC = i16_blocks_per_call(BITS);
+  alignas(64) float bsums[MR * BPC * kTileCols];
+  for (int64_t blk0 = 0; blk0 < NB; blk0 += BPC) {
+    const int64_t blk1 = blk0 + BPC < NB ? blk0 + BPC : NB;
+    if constexpr (unit_words(BITS) > 1)
+      dot_blocks_i16_outlined<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
+    else
+      dot_blocks_i16<BITS, MR>(a, qt, m0, blk0, blk1, bsums);
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t g = blk / bpg;
+      const uint16_t* szg = sz + g * 2 * kTileCols;
+      for (int mm = 0; mm < MR; ++mm) {
+        const float* src = bsums + (mm * BPC + (blk - blk0)) * kTileCols;
+        F bsum[NV];
+        for (int v = 0; v < NV; ++v) bsum[v] = V::load(src + v * L);
+        // Residuals: the few activations the int16 grid could not hold exactly, times their weights, in fp32
+        // (weights converted, not read as denormals, so this needs no MXCSR change).
+        const int32_t* off = a.res_off + (m0 + mm) * (NB + 1);
+        const int32_t* rk = a.res_k + (m0 + mm) * K;
+        const float* rl = a.res_lo + (m0 + mm) * K;
+        for (int32_t i = off[blk]; i < off[blk + 1]; ++i) {
+          const int32_t k = rk[i];
+          const F lo = V::bcast(rl + i);
+          const int32_t* kp = qt + (k / UV) * UW * kTileCols;
+          for (int v = 0; v < NV; ++v) bsum[v] = V::fma(lo, V::cvt(value_at<BITS>(kp + v * L, k % UV)), bsum[v]);
+        }
+        for (int v = 0; v < NV; ++v) out[mm][v] = V::fma(V::load_half(szg + v * L), bsum[v], out[mm][v]);
+      }
+      if (blk % bpg == bpg - 1) {  // the group's last block: its zero-point term
+        for (int v = 0; v < NV; ++v) {
+          const F scale_zero = V::mul(V::load_half(szg + v * L), V::load_half(szg + kTileCols + v * L));
+          for (int mm = 0; mm < MR; ++mm)
+            out[mm][v] = V::fnma(scale_zero, V::bcast(a.xsum + (m0 + mm) * G + g), out[mm][v]);
+        }
+      }
+    }
+  }
+  store_tile<MR>(out, a.y, t, w.N, m0);
+}
+
+template <int BITS>
+void small_m_gemm_i16_bits(const SmallMI16Args& a, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t)
+    for_row_blocks(a.M, [&](auto mr, int64_t m0) { small_m_tile_i16<BITS, decltype(mr)::value>(a, t, m0); });
+}
+
+}  // namespace SF_ISA_NS
+}  // namespace gptq
+}  // namespace slimformer
