@@ -16,7 +16,7 @@ all: install
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.40"
+	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.56"
 	# The published GPTQ reference the tests compare against; --no-deps: only its pure-PyTorch files are used.
 	$(PY) -m pip install -q --no-deps "auto-gptq==0.7.1"
 	touch $@

@@ -173,6 +173,15 @@ def _bench(args):
             if any(c in r for r in rows)]
     print(f"batch {args.batch} x {args.seqlen} tokens, torch threads {torch.get_num_threads()}")
     print(ev.markdown_table(rows, cols))
+    if args.json:
+        import platform
+        import time
+
+        from slimformer import ops
+        meta = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+                "cpu_features": ops.cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "batch": args.batch, "seqlen": args.seqlen, "new_tokens": args.new_tokens}
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     return rows
 
 
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=_positive_int, default=1)
     b.add_argument("--seqlen", type=_positive_int, default=128)
     b.add_argument("--new-tokens", type=_positive_int, default=32)
+    b.add_argument("--json", type=Path, help="also write the rows (and the machine) to this JSON file")
 
     args = parser.parse_args(argv)
     try:

@@ -55,6 +55,7 @@ def main(argv=None):
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--json", default=None, help="also write the table (and the machine) to this JSON file")
     args = p.parse_args(argv)
 
     dense = build_model(args.hidden, args.layers, args.vocab)
@@ -103,6 +104,18 @@ def main(argv=None):
         kerr = "-" if kernel_err != kernel_err else f"{kernel_err:.1e}"
         print(f"{name:<14}{mib:>11.1f}{kerr:>12}{err:>15.4f}{top1:>13.3f}{decode:>12.2f}{base_decode / decode:>8.2f}x"
               f"{prefill:>15.1f}{base_prefill / prefill:>8.2f}x")
+    if args.json:
+        import json
+        import platform
+        import time
+        meta = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+                "cpu_features": ops.cpu_features(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
+                "prompt_len": args.prompt_len, "reps": args.reps}
+        keys = ("variant", "linear_mib", "kernel_err", "logit_rel_err", "top1_agree", "decode_ms", "prefill_ms")
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": [dict(zip(keys, r)) for r in rows]}, f, indent=2, default=str)
+            f.write("\n")
     print("\nkernel err: logits vs. the dense model holding the same dequantized weights (the kernels' exactness).\n"
           "logit rel err / top-1 agree: vs. the fp32 model; with random weights this is rounding noise on near-flat\n"
           "logits, not task quality (GPTQ on trained models: the README's GPTQ quality tables). lm_head, embeddings and norms stay dense.")
