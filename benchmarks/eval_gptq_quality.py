@@ -224,8 +224,10 @@ def main():
     args = p.parse_args()
     if args.minilm_configs:
         args.skip_lm = True
-    result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    from slimformer import ops
+    meta = {"machine": platform.processor() or platform.machine(), "cpu_features": ops.cpu_features(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    result = dict(meta)
     if args.int8_activations:
         settings = [("RTN int4 g128", dict(method="rtn", bits=4, group_size=128)),
                     ("GPTQ act-order int4 g128", dict(bits=4, group_size=128, desc_act=True))]
@@ -241,13 +243,15 @@ def main():
     if not args.skip_lm:
         model_dir = train_tiny_lm(args.workdir, args.steps, args.seqlen, args.batch)
         rows, tokens = tiny_lm_table(model_dir, args.seqlen, args.nsamples)
-        result["tiny_lm"] = {"steps": args.steps, "held_out_tokens": tokens, "seqlen": args.seqlen, "rows": rows}
+        result["tiny_lm"] = {"steps": args.steps, "held_out_tokens": tokens, "seqlen": args.seqlen, "rows": rows,
+                             "meta": meta}
         print(f"\nTiny LLaMA (4x256), held-out perplexity over {tokens} tokens, {args.seqlen}-token windows:")
         print(ev.markdown_table(rows, ["model", "perplexity", "quantize s"]))
     if not args.skip_minilm:
         rows = minilm_table(args.minilm_calib, args.minilm_eval, args.minilm_configs)
         if rows:
             result["minilm"] = rows
+            result["minilm_meta"] = meta
             print("\nall-MiniLM-L6-v2, cosine to the fp32 embeddings (unseen: stdlib docstrings; selection: the "
                   "held-out topics the sweep chose settings on):")
             cols = ["model", "unseen mean_cosine", "unseen p05_cosine", "unseen min_cosine", "selection mean_cosine",

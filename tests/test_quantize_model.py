@@ -169,6 +169,12 @@ def test_bad_input():
                             progress=False)
     with pytest.raises(TypeError, match="GPTQConfig"):
         slimformer.quantize(model, {"bits": 4}, inputs("llama", 1), progress=False)
+    for method in ("rtn", "gptq"):  # skipping every layer quantized nothing, silently
+        with pytest.raises(ValueError, match="every linear in the blocks is excluded"):
+            slimformer.quantize(model, GPTQConfig(method=method, modules_to_not_convert=["*"]), inputs("llama", 1),
+                                progress=False)
+    with pytest.raises(TypeError, match=r"GPTQConfig.bits must be an int, got '4'"):
+        GPTQConfig(bits="4")
     for bad in (dict(bits=5), dict(bits=4, group_size=0), dict(method="awq"), dict(checkpoint_format="v3"),
                 dict(damp_percent=1.5)):
         with pytest.raises(ValueError):

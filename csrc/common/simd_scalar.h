@@ -4,7 +4,7 @@
 // with this ISA's -m flags; V lives in slimformer::simd::SF_ISA_NS, so no inline function of it is shared with a TU
 // compiled for another ISA (the linker could otherwise keep an AVX-512 copy for the scalar path).
 //
-// The interface every kernel is written against (csrc/gptq/gptq_cpu_kernel.h lists what each kernel uses):
+// The interface every kernel is written against (csrc/gptq/gptq_cpu_float.h lists what the GPTQ kernels use):
 //   L (fp32 lanes), MR_MAX (activation rows a kernel keeps in registers),
 //   kMantissaExtraction (integers may be read as denormal mantissas), F / I (float / int vectors),
 //   zero, set1, load, load_half (fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,

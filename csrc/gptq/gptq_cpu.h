@@ -32,7 +32,7 @@ struct KernelOutput {
 //   xs   fp32 [M, K]  activations in kernel row order, prescaled for the ISA's extraction by its prepare_rows
 //   xsum fp32 [M, G]  plain (unscaled) sum of the activations of each group
 //   row_scale fp32 [M, 2]  per row: the factor the group sums are multiplied by, and the factor the output row is
-//                          multiplied by (1 unless the row holds |x| >= 2^100; see prepare_rows in gptq_cpu_kernel.h)
+//                          multiplied by (1 unless the row holds |x| >= 2^100; see prepare_rows in gptq_cpu_float.h)
 struct SmallMArgs {
   TiledWeight w;
   const float* xs;

@@ -3,7 +3,7 @@
 // A column's b-bit integers are stored in packing units of unit_words(b) int32 words holding unit_values(b) values.
 //   b = 2, 4, 8: the Hub GPTQ bit stream itself. A unit is one word; value r sits at bits [b*r, b*r + b).
 //   b = 3:       32 values in 3 words, like the Hub stream, but re-encoded at load (the Hub stream lets values 10
-//                and 21 straddle words). The layout is built for the CPU integer kernel (gptq_cpu_kernel.h), which
+//                and 21 straddle words). The layout is built for the CPU integer kernel (gptq_cpu_int16.h), which
 //                multiplies the same field of both 16-bit halves of a word at once:
 //                  value r < 30:  word r / 10, half (r % 10) / 5, field r % 5 of that half. The five 3-bit fields
 //                                 of a half start at bits 0, 3, 7, 10, 13: the lowest needs only an AND to isolate,

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Prints the markdown tables of benchmarks/README.md from the JSON files in benchmarks/results/, so that every
+figure there is read from a file, never typed in. Usage:
+
+    python benchmarks/results_tables.py              # every table
+    python benchmarks/results_tables.py goals-zen4   # one section: goals-zen4, goals-zen3, large_m, layer, a8,
+                                                     # demo, kernel, bench, quality, sweep, int8
+    python benchmarks/results_tables.py --render benchmarks/README.md.in > benchmarks/README.md
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+GOALS = [("M=1 bf16: ORT acc4 / slimformer int4 >= 1.3", "M=1 bf16: ORT acc4 time / our int4 time", ">= 1.3"),
+         ("M=1 fp32: ORT acc0 / slimformer int4 >= 2.5", "M=1 fp32: ORT acc0 time / our int4 time", ">= 2.5"),
+         ("M=1 fp32: slimformer int3 / int4 <= 0.8", "M=1 fp32: our int3 / int4", "<= 0.8"),
+         ("M=1 bf16: slimformer int3 / int4 <= 0.8", "M=1 bf16: our int3 / int4", "<= 0.8"),
+         ("M=128 bf16: slimformer int4 / dense bf16 <= 1.1", "M=128 bf16: our int4 / dense bf16 torch", "<= 1.1")]
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def fmt(v, digits=2):
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header)))
+             + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def goals(files: list[tuple[str, str]]) -> str:
+    """Issue 2's goal ratios: one column per (label, file)."""
+    data = [(label, load(f)) for label, f in files]
+    rows = []
+    for key, text, target in GOALS:
+        row = [text, target]
+        for _, d in data:
+            check = next(c for c in d["goals"]["checks"] if c["goal"] == key)
+            row.append(f"{check['ratio']:.2f} ({check['min']:.2f}-{check['max']:.2f})")
+        rows.append(row)
+    out = table(["goal", "target"] + [label for label, _ in data], rows)
+    keys = list(data[0][1]["goals"]["us"])
+    us = table(["median us per layer (4096 x 4096)"] + [label for label, _ in data],
+               [[k] + [round(d["goals"]["us"][k]) for _, d in data] for k in keys]
+               + [["read bandwidth, GB/s"] + [f"{d['meta'].get('read_gbs', float('nan')):.1f}" for _, d in data]])
+    return out + "\n\n" + us + "\n\nFiles: " + ", ".join(f"`results/{f}`" for _, f in files) + "."
+
+
+def large_m(name: str) -> str:
+    d = load(name)
+    rows = [[r["M"], round(r["fused_us"]), round(r["tiles_us"]), round(r["dense_us"]), r["fused_over_dense"],
+             r["tiles_over_fused"]] for r in d["rows"]]
+    return table(["M", "fused us", "tiles us", f"dense {d['meta']['dtype']} us", "fused / dense", "tiles / fused"],
+                 rows) + f"\n\n(`results/{name}`: {d['meta']['shape']}, {d['meta']['layers']} layers, " \
+                         f"{d['meta']['isa']}, {d['meta']['threads']} threads, {d['meta']['date']})"
+
+
+def layer_table(name: str, K: int, N: int, methods=None) -> str:
+    d = load(name)
+    rows = [r for r in d["rows"] if r["K"] == K and r["N"] == N]
+    Ms = sorted({r["M"] for r in rows})
+    names = methods or list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for m in names:
+        cells = {r["M"]: r["us"] for r in rows if r["method"] == m}
+        if cells:
+            out.append([m] + [round(cells[M]) if M in cells else "" for M in Ms])
+    return table(["method (us per layer)"] + [f"M={M}" for M in Ms], out) + \
+        f"\n\n({K} x {N}, `results/{name}`, {d['meta']['date']}, isa {d['meta']['isa']})"
+
+
+def demo(name: str) -> str:
+    d = load(name)
+    base_d, base_p = d["rows"][0]["decode_ms"], d["rows"][0]["prefill_ms"]
+    rows = [[r["variant"], r["linear_mib"], "-" if r["kernel_err"] != r["kernel_err"] else f"{r['kernel_err']:.1e}",
+             r["logit_rel_err"], r["top1_agree"], r["decode_ms"], f"{base_d / r['decode_ms']:.2f}x",
+             r["prefill_ms"], f"{base_p / r['prefill_ms']:.2f}x"] for r in d["rows"]]
+    m = d["meta"]
+    return table(["variant", "linear MiB", "kernel err", "logit rel err", "top-1 agree", "1-token ms", "speedup",
+                  f"{m['prompt_len']}-token ms", "speedup"], rows) + \
+        f"\n\n(`results/{name}`: hidden {m['hidden']}, {m['layers']} layers, {m['threads']} threads, isa {m['isa']}, " \
+        f"{m['date']})"
+
+
+def bench(name: str) -> str:
+    d = load(name)
+    cols = [c for c in ("model", "sequences/s", "sequences/s speedup", "decode tokens/s", "decode tokens/s speedup")
+            if any(c in r for r in d["rows"])]
+    m = d["meta"]
+    return table(cols, [[r.get(c, "") for c in cols] for r in d["rows"]]) + \
+        f"\n\n(`results/{name}`: batch {m['batch']} x {m['seqlen']} tokens, {m['threads']} threads, {m['date']})"
+
+
+def kernel(name: str) -> str:
+    d = load(name)
+    rows = [[r["config"], r["us"], r.get("gbs", "")] for r in d["rows"]]
+    return table(["configuration", "us per layer", "GB/s"], rows) + f"\n\n(`results/{name}`, {d['meta']['date']})"
+
+
+def _when(meta: dict) -> str:
+    return f"{meta['date']}, {meta.get('cpu', meta.get('cpu_features', meta.get('machine')))}, {meta['threads']} threads"
+
+
+def quality() -> str:
+    d = load("gptq_quality.json")
+    lm = d["tiny_lm"]
+    rows = [[r["model"], r["perplexity"]] for r in lm["rows"]]
+    out = "Tiny LLaMA, held-out perplexity " \
+          f"({lm['held_out_tokens']} tokens, {lm['seqlen']}-token windows; {_when(lm['meta'])}):\n\n" + \
+        table(["model", "perplexity"], rows)
+    mini = d.get("minilm") or []
+    if mini and "unseen mean_cosine" in mini[0]:
+        rows = [[r["model"], f"{r['unseen mean_cosine']:.4f}", f"{r['unseen p05_cosine']:.4f}",
+                 f"{r['unseen min_cosine']:.4f}", f"{r['selection mean_cosine']:.4f}",
+                 f"{r['selection p05_cosine']:.4f}"] for r in mini]
+        out += f"\n\nall-MiniLM-L6-v2, cosine to the fp32 embeddings ({_when(d['minilm_meta'])}):\n\n" + table(
+            ["model", "unseen: mean", "unseen: 5th pct", "unseen: min", "selection: mean", "selection: 5th pct"], rows)
+    return out + "\n\n(`results/gptq_quality.json`)"
+
+
+def int8() -> str:
+    d = load("gptq_quality.json")["int8_activations"]
+    rows = [[r["model"], r["perplexity"]] for r in d["tiny_lm"]]
+    out = table(["tiny LLaMA", "held-out perplexity"], rows)
+    rows = [[r["model"], f"{r['mean_cosine']:.4f}", f"{r['p05_cosine']:.4f}"] for r in d["minilm"]]
+    out += "\n\n" + table(["all-MiniLM-L6-v2 (selection sentences)", "mean cosine", "5th pct"], rows)
+    return out + f"\n\n(`results/gptq_quality.json`, key `int8_activations`: {_when(d)})"
+
+
+def sweep() -> str:
+    d = load("gptq_minilm_sweep.json")
+    rows = [[key, f"{r['selection mean_cosine']:.4f}", f"{r['selection p05_cosine']:.4f}"]
+            for key, r in d["rows"].items()]
+    return table(["setting (MiniLM, group 128, act-order)", "selection: mean cosine", "selection: 5th pct"], rows) + \
+        f"\n\n(`results/gptq_minilm_sweep.json`, {d['date']})"
+
+
+SECTIONS = {
+    "goals-zen4": lambda: goals([("avx2", "gptq_cpu_goals_zen4_avx2.json"),
+                                 ("avx512", "gptq_cpu_goals_zen4_avx512.json"),
+                                 ("avx512vnni", "gptq_cpu_goals_zen4_avx512vnni.json"),
+                                 ("avx512vnni, run 2", "gptq_cpu_goals_zen4_avx512vnni_run2.json")]),
+    "goals-zen3": lambda: goals([("avx2, run A", "gptq_cpu.json"), ("avx2, run B", "gptq_cpu_goals.json")]),
+    "large_m": lambda: large_m("gptq_cpu_large_m_zen4_bf16.json"),
+    "layer": lambda: "\n\n".join(layer_table("gptq_cpu.json", K, N) for K, N in
+                                 ((4096, 4096), (4096, 11008), (11008, 4096))),
+    "a8": lambda: layer_table("gptq_cpu_a8.json", 4096, 4096) + "\n\n" + layer_table("gptq_cpu_a8_prefill.json",
+                                                                                       4096, 4096),
+    "demo": lambda: demo("demo_zen4.json"),
+    "kernel": lambda: kernel("kernel_zen4.json"),
+    "bench": lambda: bench("bench_minilm_zen4.json"),
+    "quality": quality,
+    "sweep": sweep,
+    "int8": int8,
+}
+
+def render(template: Path) -> str:
+    """The template with every @@section@@ line replaced by that section's tables."""
+    out = []
+    for line in template.read_text().splitlines():
+        if line.startswith("@@") and line.endswith("@@"):
+            out.append(SECTIONS[line.strip("@")]())
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--render"]:  # python benchmarks/results_tables.py --render README.md.in > README.md
+        sys.stdout.write(render(Path(sys.argv[2])))
+        sys.exit(0)
+    wanted = sys.argv[1:] or list(SECTIONS)
+    for name in wanted:
+        print(f"### {name}\n")
+        try:
+            print(SECTIONS[name]() + "\n")
+        except FileNotFoundError as e:
+            print(f"(no results file: {e.filename})\n")
