@@ -17,11 +17,12 @@ import slimformer
 from slimformer import ops
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = [  # (label, arguments)
-    ("M=1, 2 threads, 16 layers (weights stream from DRAM)", ["--m", "1", "--threads", "2", "--layers", "16"]),
-    ("M=1, 1 thread, 1 layer (cache-resident)", ["--m", "1", "--threads", "1", "--layers", "1"]),
-    ("M=1, int3, 2 threads, 16 layers", ["--m", "1", "--bits", "3", "--threads", "2", "--layers", "16"]),
-    ("M=128, 2 threads, 16 layers", ["--m", "128", "--threads", "2", "--layers", "16", "--iters", "5"]),
+SIMD = ("avx2", "avx512", "avx512vnni")
+CONFIGS = [  # (label, arguments, ISA paths: None = every path the CPU has, scalar included)
+    ("M=1, 2 threads, 16 layers (weights stream from DRAM)", ["--m", "1", "--threads", "2", "--layers", "16"], None),
+    ("M=1, 1 thread, 1 layer (cache-resident)", ["--m", "1", "--threads", "1", "--layers", "1"], SIMD),
+    ("M=1, int3, 2 threads, 16 layers", ["--m", "1", "--bits", "3", "--threads", "2", "--layers", "16"], SIMD),
+    ("M=128, 2 threads, 16 layers", ["--m", "128", "--threads", "2", "--layers", "16", "--iters", "5"], SIMD),
 ]
 
 
@@ -40,9 +41,11 @@ def main():
     args = p.parse_args()
     exe = binary()
     rows = []
-    for label, extra in CONFIGS:
-        out = subprocess.run([str(exe), "--k", "4096", "--n", "4096", "--json", *extra], check=True,
-                             capture_output=True, text=True).stdout
+    have = ops.cpu_features()
+    for label, extra, isas in CONFIGS:
+        runs = [[]] if isas is None else [["--isa", i] for i in isas if f"{i}=1" in have]
+        out = "".join(subprocess.run([str(exe), "--k", "4096", "--n", "4096", "--json", *extra, *isa], check=True,
+                                     capture_output=True, text=True).stdout for isa in runs)
         for line in out.splitlines():
             r = json.loads(line)
             rows.append({"config": f"{label}: {r['isa']}", "us": r["us_per_layer"], "gbs": r["gb_per_s"]})
