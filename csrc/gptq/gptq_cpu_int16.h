@@ -272,7 +272,10 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
 // tile decoded (256 KiB in L2), 17.6-19.3 ms with one 128-value block decoded at a time (8 KiB in L1) and every row
 // block swept over it, 26.8 ms before an inline-asm vpdpwssd (through the intrinsic GCC 12 copied each of the 24
 // accumulators around every vpdpwssd and spilled them), 48.7 ms with the broadcasts folded into vpdpwssd's memory
-// operand. The decode this kernel repeats per row block costs less than what the decoded form adds.
+// operand. The decode this kernel repeats per row block costs less than what the decoded form adds. Also tried
+// (raw kernel, same conditions, this form 12.0-12.1 ms): pair-outer order with an inline-asm vpdpwssd, so that
+// more rows share each decoded word with only one broadcast live: 6 rows 12.5-12.8 ms, 8 rows 12.6-13.3, 12 rows
+// 13.9-14.2.
 template <int BITS>
 void small_m_gemm_i16_bits(const SmallMI16Args& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t)
