@@ -13,28 +13,15 @@ import json
 import os
 import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gptq import _cpu_name, random_quant_layer  # noqa: E402
+from bench_gptq import _cpu_name, median_us, random_quant_layer  # noqa: E402
 
 import slimformer  # noqa: E402
-
-
-def median_us(fn, layers, rounds):
-    for i in range(layers):
-        fn(i)
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for i in range(layers):
-            fn(i)
-        samples.append((time.perf_counter() - t0) / layers * 1e6)
-    return statistics.median(samples)
 
 
 def main():
