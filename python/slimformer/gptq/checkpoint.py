@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hf.calibrate import find_blocks
+from ..hf.calibrate import find_blocks, head_name
 from ..hf.checkpoint import CheckpointError, CheckpointMethod, register_checkpoint_method
 from ..hf.swap import is_linear_like, linear_weight
 from . import format as fmt
@@ -29,11 +29,6 @@ from .module import QuantLinear
 
 LEGACY_CONFIG = "quantize_config.json"
 LEAVES = ("qweight", "qzeros", "scales", "g_idx", "bias")
-
-
-def _head(model: nn.Module):
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if callable(get) else None
 
 
 def _dynamic_skip_rules(model: nn.Module, layers: dict, block_name) -> dict:
@@ -71,8 +66,7 @@ def config_block(model: nn.Module, layers: dict[str, QuantLinear]) -> dict:
         raise CheckpointError(f"model.config.quantization_config says bits={cfg.bits}, group_size={cfg.group_size}, "
                               f"sym={cfg.sym} but the layers have {first.bits}, {first.group_size}, {first.sym}")
     cfg.desc_act = any(layer.perm is not None for layer in layers.values()) or (cfg.desc_act and cfg.static_groups)
-    head = _head(model)
-    cfg.lm_head = head is not None and any(layer is head for layer in layers.values())
+    cfg.lm_head = head_name(model) in layers
     if cfg.checkpoint_format is None:  # auto: v1 is what every loader reads, but only for symmetric models
         cfg.checkpoint_format = "gptq" if cfg.sym else "gptq_v2"
     elif cfg.checkpoint_format == "gptq" and any(layer.checkpoint_format == "gptq_v2" for layer in layers.values()):

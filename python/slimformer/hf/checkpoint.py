@@ -185,11 +185,11 @@ def _state_dict_for_save(model: nn.Module, layers: dict, blocks: dict) -> dict[s
 
 
 def _head_is_compressed(model: nn.Module, layers: dict) -> bool:
+    from .calibrate import head_name
     names = {n for group in layers.values() for n in group}
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
+    head = head_name(model)
     if head is not None:
-        return any(m is head for group in layers.values() for m in group.values())
+        return head in names
     return any(n == "lm_head" or n.endswith(".lm_head") for n in names)
 
 
@@ -415,12 +415,16 @@ def load_pretrained(path, *, dtype: torch.dtype = torch.float32, device="cpu", m
         raise CheckpointError(f"{path / 'config.json'} cannot be read as a transformers config: {e}") from None
     blocks = _config_blocks(path, config)
     keys = _read_keys(files)
+    leaves_of: dict[str, set[str]] = {}  # module name -> the tensor leaves the checkpoint holds for it
+    for k in keys:
+        owner, _, leaf = k.rpartition(".")
+        leaves_of.setdefault(owner, set()).add(leaf)
 
     # which layer belongs to which method
     owner_of: dict[str, str] = {}
     for row_name, (block, modules) in blocks.items():
         row = METHODS[row_name]
-        marked = sorted(k[:-len(row.marker) - 1] for k in keys if k.endswith("." + row.marker))
+        marked = sorted(o for o, leaves in leaves_of.items() if o and row.marker in leaves)
         if modules is None:
             modules = marked
             if not modules:
@@ -459,9 +463,8 @@ def load_pretrained(path, *, dtype: torch.dtype = torch.float32, device="cpu", m
         except AttributeError:
             raise CheckpointError(f"checkpoint has a {row.name} layer {name!r} that {cls.__name__} does not have "
                                   "(config/weights mismatch)") from None
-        present = {k[len(name) + 1:] for k in keys if k.startswith(name + ".") and "." not in k[len(name) + 1:]}
         try:
-            layer = row.build(name, dense, blocks[row_name][0], present, dtype)
+            layer = row.build(name, dense, blocks[row_name][0], leaves_of.get(name, set()), dtype)
         except CheckpointError:
             raise
         except (ValueError, TypeError) as e:
