@@ -19,6 +19,10 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.56"
 	# The published GPTQ reference the tests compare against; --no-deps: only its pure-PyTorch files are used.
 	$(PY) -m pip install -q --no-deps "auto-gptq==0.7.1"
+	# The 2:4 checkpoint peer (its last release with the sparse-24-bitmask compressor); --no-deps keeps its
+	# transformers<5 pin from replacing ours; the tests run it in both directions.
+	$(PY) -m pip install -q pydantic loguru psutil
+	$(PY) -m pip install -q --no-deps "compressed-tensors==0.14.0.1"
 	touch $@
 
 install: $(VENV)/.deps-stamp

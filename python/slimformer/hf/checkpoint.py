@@ -206,7 +206,7 @@ def save_pretrained(model: nn.Module, save_directory, *, max_shard_size="4GB", t
     if not layers:
         kinds = ", ".join(row.module_type.__name__ for row in METHODS.values())
         raise ValueError(f"{type(model).__name__} has no compressed layers ({kinds}): compress it first "
-                         "(slimformer.quantize)")
+                         "(slimformer.quantize, slimformer.sparsify)")
     blocks = {name: METHODS[name].config_block(model, group) for name, group in layers.items()}
     if len(blocks) == 1:
         qcfg = next(iter(blocks.values()))
