@@ -30,6 +30,9 @@ TORCH_LIBRARY(slimformer, m) {
       "int out_features) -> Tensor");
   // Unpacks `count` values per column of int32 words [W, C] with the shared decode header (a test hook).
   m.def("_unpack_bits(Tensor words, int bits, int count) -> Tensor");
+  // y[..., N] = x[..., K] @ W^T + bias for a 2:4 sparse W [N, K] in the compressed-tensors sparse-24-bitmask
+  // layout: values [N, K/2] (float32 or bfloat16), bitmask uint8 [N, ceil(K/8)] (csrc/sparse24/sparse24_cpu.h).
+  m.def("sparse24_gemm(Tensor x, Tensor values, Tensor bitmask, Tensor? bias, int in_features) -> Tensor");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

@@ -52,6 +52,12 @@ if HAS_NATIVE:
         _same_device(qtiles=qtiles, scale_zero=scale_zero)
         return scale_zero.new_empty((in_features, out_features), dtype=torch.float32)
 
+    @torch.library.register_fake("slimformer::sparse24_gemm")
+    def _sparse24_gemm_fake(x, values, bitmask, bias, in_features):
+        _same_device(x=x, values=values, bitmask=bitmask, bias=bias)
+        torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
+        return x.new_empty((*x.shape[:-1], values.shape[0]))
+
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
         return words.new_empty((count, words.shape[1]))
@@ -96,3 +102,12 @@ def gptq_dequantize(qtiles, scale_zero, bits: int, group_size: int, in_features:
     _warn_fallback()
     return gptq_format.reference_tiled_dequantize(qtiles, scale_zero, bits=bits, group_size=group_size,
                                                   in_features=in_features, out_features=out_features)
+
+
+def sparse24_gemm(x, values, bitmask, bias, in_features: int) -> torch.Tensor:
+    """y = x @ W^T + bias for a 2:4 sparse W in the sparse-24-bitmask layout (values float32 or bfloat16)."""
+    if HAS_NATIVE:
+        return torch.ops.slimformer.sparse24_gemm.default(x, values, bitmask, bias, in_features)
+    _warn_fallback()
+    from .sparse24.format import reference_gemm
+    return reference_gemm(x, values, bitmask, bias, in_features)

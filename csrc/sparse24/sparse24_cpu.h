@@ -1,0 +1,62 @@
+// 2:4 sparse GEMM on the CPU: interface shared by the per-ISA kernels (sparse24_cpu_<isa>.cpp) and the torch glue
+// (sparse24_cpu_ops.cpp). Framework-free.
+//
+// Weight layout (the compressed-tensors sparse-24-bitmask layout, python/slimformer/sparse24/format.py): for W
+// [N, K] with K a multiple of 4, `values` [N, K/2] holds each row's kept weights in column order (fp32 or bf16)
+// and `bitmask` [N, ceil(K/8)] one bit per column (bit j % 8 of byte j / 8), so the 4 columns of group g are the
+// nibble (byte g / 2) >> (4 * (g % 2)); each nibble has exactly two bits set. A kernel turns a nibble into the two
+// kept columns with kPairOfNibble and flags a nibble that is not 2:4 (the op reports it; the kernels never read
+// outside the chunk they are working on, whatever the bits say).
+#pragma once
+#include <cstdint>
+
+namespace slimformer {
+namespace sparse24 {
+
+// For a group's 4-bit mask: first kept column | second kept column << 2 (bits 0-3), or kBadNibble when the nibble
+// does not keep exactly two columns.
+constexpr uint8_t kBadNibble = 0x80;
+constexpr uint8_t pair_of_nibble(int nib) {
+  int first = -1, second = -1, count = 0;
+  for (int b = 0; b < 4; ++b)
+    if (nib >> b & 1) {
+      ++count;
+      if (first < 0) first = b;
+      else second = b;
+    }
+  return count == 2 ? static_cast<uint8_t>(first | second << 2) : kBadNibble;
+}
+constexpr uint8_t first_of(uint8_t pair) { return pair == kBadNibble ? kBadNibble : (pair & 3); }
+constexpr uint8_t second_of(uint8_t pair) { return pair == kBadNibble ? kBadNibble : (pair >> 2 & 3); }
+
+struct GemmArgs {
+  int64_t M, K, N;
+  const float* x;  // [M, K] fp32, row-major (the glue converts bf16/fp16 activations once per call)
+  const void* values;  // [N, K/2]
+  bool values_bf16;  // else fp32
+  const uint8_t* bitmask;  // [N, ceil(K/8)]
+  float* y;  // [M, N] fp32 (ld N)
+};
+
+struct DecompressArgs {
+  int64_t K, N;
+  const void* values;
+  bool values_bf16;
+  const uint8_t* bitmask;
+  void* dense;  // [rows, K] for the rows asked for, starting at row n0's
+  bool dense_bf16;  // else fp32
+};
+
+struct CpuKernels {
+  // y[:, n0:n1] = x @ W[n0:n1]^T; false when a group of those rows is not 2:4 (y is then garbage).
+  bool (*gemm)(const GemmArgs& a, int64_t n0, int64_t n1);
+  // dense rows [n0, n1) of W (zeros where pruned); false when a group is not 2:4.
+  bool (*decompress)(const DecompressArgs& a, int64_t n0, int64_t n1);
+};
+
+const CpuKernels& cpu_kernels_scalar();
+const CpuKernels& cpu_kernels_avx2();
+const CpuKernels& cpu_kernels_avx512();
+
+}  // namespace sparse24
+}  // namespace slimformer

@@ -1,0 +1,288 @@
+// 2:4 sparse GEMM kernels of one ISA, included once by each per-ISA TU (sparse24_cpu_<isa>.cpp) after it has
+// defined SF_ISA_NS; the TU's compile flags (CMake, by file suffix) decide which chunk implementation is built.
+//
+// Small M (the decode path, memory-bound): y[m, n] = sum over the kept weights of row n of value * x[m, column].
+// The weight streams once; the activations stay in L1. Work goes in chunks of KC inputs (KC/2 kept values, KC/8
+// bitmask bytes): the chunk's mask bits become, per kept value, the index of its column inside the chunk, and a
+// permute picks those activations out of the chunk's KC inputs held in registers (AVX-512: vpermt2ps over 32
+// inputs; AVX2: two vpermps over 16 and a blend), so each kept value costs one FMA lane and no dense zero is ever
+// multiplied. Index of a kept value = 4 * group + first/second column of the group's nibble (kPairOfNibble, via
+// a 32-entry table: one vpermt2d on AVX-512, a 256-entry byte table on AVX2). R output rows share each loaded
+// activation chunk and MB activation rows share each decoded weight chunk (accumulators R x MB); the R-row tile
+// of weights (R * K bytes for bf16 values) stays in L1 while the M blocks sweep it. A nibble that is not 2:4 sets
+// bit 7 of its index (ignored by the permutes, so reads stay inside the chunk), which the kernel ORs together and
+// reports.
+//
+// The tail chunk (K not a multiple of KC) runs the same code on zero-padded copies (padding groups get the valid
+// nibble 0b0011, their values and activations are 0).
+//
+// Large M uses decompress(): dense fp32/bf16 rows for the dense GEMM (the glue picks the row count, tile by tile).
+#pragma once
+#include <cstring>
+
+#include "common/cpu_kernel_util.h"
+#include "common/float_convert.h"
+#include "sparse24/sparse24_cpu.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace slimformer {
+namespace sparse24 {
+namespace SF_ISA_NS {
+
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------------------------ AVX-512: 32 inputs a chunk
+struct Ops {
+  static constexpr int KC = 32;
+  static constexpr int R = 4, MB = 4;  // 16 accumulators + 8 activation registers of 32
+  using Acc = __m512;
+  struct X {
+    __m512 lo, hi;
+  };
+  struct W {
+    __m512i idx;
+    __m512 val;
+  };
+  using Bad = __m512i;
+  static Bad no_bad() { return _mm512_setzero_si512(); }
+  static bool is_bad(Bad b) { return _mm512_test_epi32_mask(b, _mm512_set1_epi32(kBadNibble)) != 0; }
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
+  static X load_x(const float* x) { return X{_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)}; }
+  static W load_w(const void* values, bool bf16, const uint8_t* mask, Bad& bad) {
+    // lane i: kept value i of the chunk, in group i / 2; nibble of that group, then its first (even lane) or second
+    // (odd lane) column from the 32-entry table, plus 4 * group
+    alignas(64) static const int32_t kTable[32] = {
+#define SF_P(n) first_of(pair_of_nibble(n))
+        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
+        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
+#undef SF_P
+#define SF_P(n) second_of(pair_of_nibble(n))
+        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
+        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
+#undef SF_P
+    };
+    const __m512i shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i odd = _mm512_setr_epi32(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16);
+    uint32_t bits;
+    std::memcpy(&bits, mask, 4);
+    const __m512i nib = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), shifts);
+    const __m512i sel = _mm512_ternarylogic_epi32(nib, _mm512_set1_epi32(0xF), odd, 0xEA);  // (nib & 15) | odd
+    const __m512i pos = _mm512_permutex2var_epi32(_mm512_load_si512(kTable), sel, _mm512_load_si512(kTable + 16));
+    bad = _mm512_or_si512(bad, pos);
+    const __m512i idx = _mm512_add_epi32(pos, shifts);  // + 4 * group, which is also the nibble's shift
+    __m512 val;
+    if (bf16)
+      val = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(values))), 16));
+    else
+      val = _mm512_loadu_ps(static_cast<const float*>(values));
+    return W{idx, val};
+  }
+  static Acc fma(const W& w, const X& x, Acc acc) {
+    return _mm512_fmadd_ps(w.val, _mm512_permutex2var_ps(x.lo, w.idx, x.hi), acc);
+  }
+};
+#elif defined(__AVX2__)
+// -------------------------------------------------------------------------------------- AVX2: 16 inputs a chunk
+// For a bitmask byte (groups 2j and 2j + 1 of 8 inputs): the in-chunk column of each of its 4 kept values, one
+// byte each (bit 7 set for a nibble that is not 2:4).
+struct ByteTable {
+  uint32_t idx[256];
+  constexpr ByteTable() : idx() {
+    for (int b = 0; b < 256; ++b) {
+      const uint8_t lo = pair_of_nibble(b & 15), hi = pair_of_nibble(b >> 4);
+      const uint32_t c0 = first_of(lo), c1 = second_of(lo), c2 = first_of(hi) | (hi == kBadNibble ? 0 : 4),
+                     c3 = second_of(hi) | (hi == kBadNibble ? 0 : 4);
+      idx[b] = c0 | c1 << 8 | c2 << 16 | c3 << 24;
+    }
+  }
+};
+inline constexpr ByteTable kByteTable{};
+
+struct Ops {
+  static constexpr int KC = 16;
+  static constexpr int R = 4, MB = 2;  // 8 accumulators + 4 activation registers of 16
+  using Acc = __m256;
+  struct X {
+    __m256 lo, hi;
+  };
+  struct W {
+    __m256i idx;
+    __m256 val;
+  };
+  using Bad = uint64_t;
+  static Bad no_bad() { return 0; }
+  static bool is_bad(Bad b) { return (b & 0x8080808080808080ull) != 0; }
+  static Acc zero() { return _mm256_setzero_ps(); }
+  static float reduce(Acc a) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
+  static X load_x(const float* x) { return X{_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)}; }
+  static W load_w(const void* values, bool bf16, const uint8_t* mask, Bad& bad) {
+    const uint64_t bytes = kByteTable.idx[mask[0]] | (static_cast<uint64_t>(kByteTable.idx[mask[1]] + 0x08080808u) << 32);
+    bad |= bytes;
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(bytes)));
+    __m256 val;
+    if (bf16)
+      val = _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(values))), 16));
+    else
+      val = _mm256_loadu_ps(static_cast<const float*>(values));
+    return W{idx, val};
+  }
+  static Acc fma(const W& w, const X& x, Acc acc) {
+    const __m256 lo = _mm256_permutevar8x32_ps(x.lo, w.idx), hi = _mm256_permutevar8x32_ps(x.hi, w.idx);
+    // column >= 8 (bit 3) takes the upper half of the chunk: bit 3 moved to the sign bit selects
+    const __m256 picked = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(w.idx, 28)));
+    return _mm256_fmadd_ps(w.val, picked, acc);
+  }
+};
+#else
+// ---------------------------------------------------------------------------------------- portable: 8 inputs
+struct Ops {
+  static constexpr int KC = 8;
+  static constexpr int R = 2, MB = 1;
+  using Acc = float;
+  struct X {
+    const float* p;
+  };
+  struct W {
+    float val[4];
+    uint8_t col[4];
+  };
+  using Bad = uint8_t;
+  static Bad no_bad() { return 0; }
+  static bool is_bad(Bad b) { return (b & kBadNibble) != 0; }
+  static Acc zero() { return 0.f; }
+  static float reduce(Acc a) { return a; }
+  static X load_x(const float* x) { return X{x}; }
+  static W load_w(const void* values, bool bf16, const uint8_t* mask, Bad& bad) {
+    W w;
+    const uint8_t lo = pair_of_nibble(mask[0] & 15), hi = pair_of_nibble(mask[0] >> 4);
+    bad |= lo | hi;
+    w.col[0] = lo & 3;
+    w.col[1] = lo >> 2 & 3;
+    w.col[2] = 4 | (hi & 3);
+    w.col[3] = 4 | (hi >> 2 & 3);
+    for (int i = 0; i < 4; ++i)
+      w.val[i] = bf16 ? bf16_to_float(static_cast<const uint16_t*>(values)[i])
+                      : static_cast<const float*>(values)[i];
+    return w;
+  }
+  static Acc fma(const W& w, const X& x, Acc acc) {
+    for (int i = 0; i < 4; ++i) acc += w.val[i] * x.p[w.col[i]];
+    return acc;
+  }
+};
+#endif
+
+// Rows [n0, n0 + R) of W against activation rows [m0, m0 + MB).
+template <int R, int MB>
+void gemm_tile(const GemmArgs& a, int64_t n0, int64_t m0, typename Ops::Bad& bad) {
+  constexpr int KC = Ops::KC;
+  const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2;
+  const int vsize = a.values_bf16 ? 2 : 4;
+  const auto* vbase = static_cast<const uint8_t*>(a.values);
+  typename Ops::Acc acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::zero();
+  const int64_t full = K / KC;
+  for (int64_t c = 0; c < full; ++c) {
+    typename Ops::X xs[MB];
+    for (int mb = 0; mb < MB; ++mb) xs[mb] = Ops::load_x(a.x + (m0 + mb) * K + c * KC);
+    for (int r = 0; r < R; ++r) {
+      const typename Ops::W w = Ops::load_w(vbase + ((n0 + r) * KV + c * (KC / 2)) * vsize, a.values_bf16,
+                                            a.bitmask + (n0 + r) * KB + c * (KC / 8), bad);
+      for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::fma(w, xs[mb], acc[r][mb]);
+    }
+  }
+  if (const int64_t rem = K - full * KC) {  // zero-padded copies of the tail chunk (rem is a multiple of 4)
+    alignas(64) float xp[MB][KC];
+    alignas(64) uint8_t vp[KC / 2 * 4];
+    uint8_t mp[KC / 8];
+    typename Ops::X xs[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      std::memset(xp[mb], 0, sizeof(xp[mb]));
+      std::memcpy(xp[mb], a.x + (m0 + mb) * K + full * KC, rem * sizeof(float));
+      xs[mb] = Ops::load_x(xp[mb]);
+    }
+    for (int r = 0; r < R; ++r) {
+      std::memset(vp, 0, sizeof(vp));
+      std::memcpy(vp, vbase + ((n0 + r) * KV + full * (KC / 2)) * vsize, (rem / 2) * vsize);
+      for (int i = 0; i < KC / 8; ++i) mp[i] = 0x33;  // padding groups: columns 0 and 1 (values 0)
+      const uint8_t* src = a.bitmask + (n0 + r) * KB + full * (KC / 8);
+      const int64_t groups = rem / 4;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int nib = src[g / 2] >> (4 * (g % 2)) & 15;
+        mp[g / 2] = static_cast<uint8_t>((mp[g / 2] & ~(15 << (4 * (g % 2)))) | nib << (4 * (g % 2)));
+      }
+      const typename Ops::W w = Ops::load_w(vp, a.values_bf16, mp, bad);
+      for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::fma(w, xs[mb], acc[r][mb]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int mb = 0; mb < MB; ++mb) a.y[(m0 + mb) * a.N + n0 + r] = Ops::reduce(acc[r][mb]);
+}
+
+template <int R>
+void gemm_rows(const GemmArgs& a, int64_t n0, typename Ops::Bad& bad) {
+  cpu::SF_ISA_NS::for_row_blocks<Ops::MB>(a.M, [&](auto mb, int64_t m0) { gemm_tile<R, decltype(mb)::value>(a, n0, m0, bad); });
+}
+
+inline bool gemm(const GemmArgs& a, int64_t n0, int64_t n1) {
+  typename Ops::Bad bad = Ops::no_bad();
+  int64_t n = n0;
+  for (; n + Ops::R <= n1; n += Ops::R) gemm_rows<Ops::R>(a, n, bad);
+  for (; n < n1; ++n) gemm_rows<1>(a, n, bad);
+  return !Ops::is_bad(bad);
+}
+
+// Dense rows [n0, n1): each group's two values at their columns, zeros elsewhere.
+inline bool decompress(const DecompressArgs& a, int64_t n0, int64_t n1) {
+  const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2, G = K / 4;
+  uint8_t bad = 0;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mask = a.bitmask + n * KB;
+    float* df = a.dense_bf16 ? nullptr : static_cast<float*>(a.dense) + (n - n0) * K;
+    uint16_t* db = a.dense_bf16 ? static_cast<uint16_t*>(a.dense) + (n - n0) * K : nullptr;
+    if (df) std::memset(df, 0, K * sizeof(float));
+    else std::memset(db, 0, K * sizeof(uint16_t));
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t pair = pair_of_nibble(mask[g / 2] >> (4 * (g % 2)) & 15);
+      bad |= pair;
+      if (pair == kBadNibble) continue;
+      const int64_t c0 = 4 * g + (pair & 3), c1 = 4 * g + (pair >> 2 & 3), v = n * KV + 2 * g;
+      if (a.values_bf16) {
+        const uint16_t* vals = static_cast<const uint16_t*>(a.values);
+        if (db) {
+          db[c0] = vals[v];
+          db[c1] = vals[v + 1];
+        } else {
+          df[c0] = bf16_to_float(vals[v]);
+          df[c1] = bf16_to_float(vals[v + 1]);
+        }
+      } else {
+        const float* vals = static_cast<const float*>(a.values);
+        if (db) {
+          db[c0] = float_to_bf16(vals[v]);
+          db[c1] = float_to_bf16(vals[v + 1]);
+        } else {
+          df[c0] = vals[v];
+          df[c1] = vals[v + 1];
+        }
+      }
+    }
+  }
+  return (bad & kBadNibble) == 0;
+}
+
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress}; }
+
+}  // namespace SF_ISA_NS
+}  // namespace sparse24
+}  // namespace slimformer

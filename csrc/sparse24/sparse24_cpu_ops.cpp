@@ -1,0 +1,120 @@
+// CPU implementation of slimformer::sparse24_gemm: argument checks, the choice between the sparse small-M kernel
+// and decompressed tiles + the dense GEMM, and threading through ATen's parallel_for (torch.set_num_threads governs).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "common/cpu_dispatch.h"
+#include "common/cpu_isa.h"
+#include "sparse24/sparse24_cpu.h"
+
+namespace slimformer {
+namespace sparse24 {
+namespace {
+
+constexpr CpuDispatch<CpuKernels> kCpuKernels{{&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr}};
+
+// Activation rows from which the weight is decompressed, a tile of rows at a time, into the dense GEMM instead of
+// running the sparse kernel (whose FMAs use one lane per kept weight but re-gather the activations for every
+// output row). SLIMFORMER_SPARSE24_LARGE_M overrides it.
+int64_t large_m_threshold() {
+  if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    TORCH_CHECK(end != s && *end == '\0' && v >= 1, "SLIMFORMER_SPARSE24_LARGE_M must be a positive integer, got '",
+                s, "'");
+    return v;
+  }
+  return 32;
+}
+
+// Output rows decompressed per dense GEMM call: 256 x K bf16 is 2 MiB at K=4096, which stays in cache between the
+// decompression and the GEMM that reads it.
+constexpr int64_t kDenseTileRows = 256;
+// Output rows per thread task in the sparse kernel (each row is K/2 values).
+constexpr int64_t kRowGrain = 32;
+
+void check_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmask,
+                  const c10::optional<at::Tensor>& bias, int64_t K) {
+  TORCH_CHECK(K > 0 && K % 4 == 0, "2:4 sparsity groups 4 inputs: in_features must be a positive multiple of 4, got ",
+              K);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "x must end in in_features=", K, ", got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "x must be float32, bfloat16 or float16, got ", c10::toString(x.scalar_type()));
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16,
+              "values must be float32 or bfloat16 (the kernels' layouts), got ", c10::toString(values.scalar_type()));
+  TORCH_CHECK(values.dim() == 2 && values.size(1) == K / 2, "values must be [out_features, in_features / 2] = [N, ",
+              K / 2, "], got ", values.sizes());
+  const int64_t N = values.size(0);
+  TORCH_CHECK(bitmask.scalar_type() == at::kByte, "bitmask must be uint8, got ", c10::toString(bitmask.scalar_type()));
+  TORCH_CHECK(bitmask.dim() == 2 && bitmask.size(0) == N && bitmask.size(1) == (K + 7) / 8,
+              "bitmask must be [out_features, ceil(in_features / 8)] = [", N, ", ", (K + 7) / 8, "], got ",
+              bitmask.sizes());
+  for (const at::Tensor* t : {&x, &values, &bitmask})
+    TORCH_CHECK(t->device().is_cpu(), "sparse24_gemm on the CPU needs every tensor on the CPU, got one on ",
+                t->device());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device().is_cpu(), "bias must be on the CPU like x, got ", bias->device());
+    TORCH_CHECK(bias->is_floating_point() && bias->dim() == 1 && bias->size(0) == N,
+                "bias must be a floating-point [out_features] = [", N, "] tensor, got ",
+                c10::toString(bias->scalar_type()), " ", bias->sizes());
+  }
+}
+
+constexpr const char* kNot24 =
+    "bitmask is not 2:4: some group of 4 consecutive inputs does not keep exactly 2 (a corrupt or non-2:4 mask)";
+
+at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& bitmask_in,
+                             const c10::optional<at::Tensor>& bias, int64_t in_features) {
+  const int64_t K = in_features;
+  check_inputs(x, values_in, bitmask_in, bias, K);
+  const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
+  const int64_t N = values.size(0), M = x.numel() / K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (M == 0) return at::empty(out_shape, x.options());
+  const CpuKernels& kern = kCpuKernels.active();
+  const bool values_bf16 = values.scalar_type() == at::kBFloat16;
+  at::Tensor y;
+  std::atomic<bool> ok{true};
+  if (M < large_m_threshold()) {
+    const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
+    y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    const GemmArgs args{M, K, N, xf.data_ptr<float>(), values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
+                        y.data_ptr<float>()};
+    at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
+      if (!kern.gemm(args, n0, n1)) ok = false;
+    });
+  } else {
+    // the dense GEMM in the activations' dtype (bf16 with bf16 activations; fp32 otherwise)
+    const at::ScalarType dt = x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    const at::Tensor x2 = x.reshape({M, K}).to(dt).contiguous();
+    y = at::empty({M, N}, x.options().dtype(dt));
+    at::Tensor tile = at::empty({std::min(N, kDenseTileRows), K}, x.options().dtype(dt));
+    for (int64_t t0 = 0; t0 < N && ok; t0 += kDenseTileRows) {
+      const int64_t rows = std::min(kDenseTileRows, N - t0);
+      const DecompressArgs args{K, N, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(), nullptr,
+                                dt == at::kBFloat16};
+      at::parallel_for(t0, t0 + rows, 16, [&](int64_t n0, int64_t n1) {
+        DecompressArgs a = args;
+        a.dense = static_cast<uint8_t*>(tile.data_ptr()) + (n0 - t0) * K * tile.element_size();
+        if (!kern.decompress(a, n0, n1)) ok = false;
+      });
+      y.narrow(1, t0, rows).copy_(at::mm(x2, tile.narrow(0, 0, rows).t()));
+    }
+  }
+  TORCH_CHECK(ok.load(), kNot24);
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
+  return y.to(x.scalar_type()).view(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slimformer, CPU, m) { m.impl("sparse24_gemm", &sparse24_gemm_cpu); }
+
+}  // namespace sparse24
+}  // namespace slimformer
