@@ -48,6 +48,7 @@ struct Ops {
   using Bad = __m512i;
   static Bad no_bad() { return _mm512_setzero_si512(); }
   static bool is_bad(Bad b) { return _mm512_test_epi32_mask(b, _mm512_set1_epi32(kBadNibble)) != 0; }
+  static Bad merge_bad(Bad a, Bad b) { return _mm512_or_si512(a, b); }
   static Acc zero() { return _mm512_setzero_ps(); }
   static float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
   static X load_x(const float* x) { return X{_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)}; }
@@ -116,6 +117,7 @@ struct Ops {
   using Bad = uint64_t;
   static Bad no_bad() { return 0; }
   static bool is_bad(Bad b) { return (b & 0x8080808080808080ull) != 0; }
+  static Bad merge_bad(Bad a, Bad b) { return a | b; }
   static Acc zero() { return _mm256_setzero_ps(); }
   static float reduce(Acc a) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -158,6 +160,7 @@ struct Ops {
   using Bad = uint8_t;
   static Bad no_bad() { return 0; }
   static bool is_bad(Bad b) { return (b & kBadNibble) != 0; }
+  static Bad merge_bad(Bad a, Bad b) { return static_cast<Bad>(a | b); }
   static Acc zero() { return 0.f; }
   static float reduce(Acc a) { return a; }
   static X load_x(const float* x) { return X{x}; }
@@ -181,23 +184,42 @@ struct Ops {
 };
 #endif
 
-// Rows [n0, n0 + R) of W against activation rows [m0, m0 + MB).
-template <int R, int MB>
-void gemm_tile(const GemmArgs& a, int64_t n0, int64_t m0, typename Ops::Bad& bad) {
+#ifndef SF_S24_PREFETCH
+#define SF_S24_PREFETCH 0
+#endif
+constexpr int kPrefetchBytes = SF_S24_PREFETCH;
+
+// Rows [n0, n0 + R) of W against activation rows [m0, m0 + MB), values bf16 (VBF16) or fp32. Everything the loop
+// reads is copied to locals first: through the argument struct GCC reloaded the pointers and the dtype flag (and
+// stored the bad-nibble accumulator) on every chunk, since the stores might alias them.
+template <int R, int MB, bool VBF16>
+void gemm_tile(const GemmArgs& a, int64_t n0, int64_t m0, typename Ops::Bad& bad_out) {
   constexpr int KC = Ops::KC;
+  constexpr int vsize = VBF16 ? 2 : 4;
   const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2;
-  const int vsize = a.values_bf16 ? 2 : 4;
-  const auto* vbase = static_cast<const uint8_t*>(a.values);
+  const uint8_t* vrow[R];
+  const uint8_t* mrow[R];
+  for (int r = 0; r < R; ++r) {
+    vrow[r] = static_cast<const uint8_t*>(a.values) + (n0 + r) * KV * vsize;
+    mrow[r] = a.bitmask + (n0 + r) * KB;
+  }
+  const float* xrow = a.x + m0 * K;
+  typename Ops::Bad bad = Ops::no_bad();
   typename Ops::Acc acc[R][MB];
   for (int r = 0; r < R; ++r)
     for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::zero();
   const int64_t full = K / KC;
   for (int64_t c = 0; c < full; ++c) {
     typename Ops::X xs[MB];
-    for (int mb = 0; mb < MB; ++mb) xs[mb] = Ops::load_x(a.x + (m0 + mb) * K + c * KC);
+    for (int mb = 0; mb < MB; ++mb) xs[mb] = Ops::load_x(xrow + mb * K + c * KC);
     for (int r = 0; r < R; ++r) {
-      const typename Ops::W w = Ops::load_w(vbase + ((n0 + r) * KV + c * (KC / 2)) * vsize, a.values_bf16,
-                                            a.bitmask + (n0 + r) * KB + c * (KC / 8), bad);
+      const uint8_t* vp = vrow[r] + c * (KC / 2) * vsize;
+      const uint8_t* mp = mrow[r] + c * (KC / 8);
+      if constexpr (kPrefetchBytes > 0) {
+        __builtin_prefetch(vp + kPrefetchBytes);
+        __builtin_prefetch(mp + kPrefetchBytes / 4);
+      }
+      const typename Ops::W w = Ops::load_w(vp, VBF16, mp, bad);
       for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::fma(w, xs[mb], acc[r][mb]);
     }
   }
@@ -208,38 +230,44 @@ void gemm_tile(const GemmArgs& a, int64_t n0, int64_t m0, typename Ops::Bad& bad
     typename Ops::X xs[MB];
     for (int mb = 0; mb < MB; ++mb) {
       std::memset(xp[mb], 0, sizeof(xp[mb]));
-      std::memcpy(xp[mb], a.x + (m0 + mb) * K + full * KC, rem * sizeof(float));
+      std::memcpy(xp[mb], xrow + mb * K + full * KC, rem * sizeof(float));
       xs[mb] = Ops::load_x(xp[mb]);
     }
     for (int r = 0; r < R; ++r) {
       std::memset(vp, 0, sizeof(vp));
-      std::memcpy(vp, vbase + ((n0 + r) * KV + full * (KC / 2)) * vsize, (rem / 2) * vsize);
+      std::memcpy(vp, vrow[r] + full * (KC / 2) * vsize, (rem / 2) * vsize);
       for (int i = 0; i < KC / 8; ++i) mp[i] = 0x33;  // padding groups: columns 0 and 1 (values 0)
-      const uint8_t* src = a.bitmask + (n0 + r) * KB + full * (KC / 8);
-      const int64_t groups = rem / 4;
-      for (int64_t g = 0; g < groups; ++g) {
-        const int nib = src[g / 2] >> (4 * (g % 2)) & 15;
-        mp[g / 2] = static_cast<uint8_t>((mp[g / 2] & ~(15 << (4 * (g % 2)))) | nib << (4 * (g % 2)));
+      const uint8_t* src = mrow[r] + full * (KC / 8);
+      for (int64_t g = 0; g < rem / 4; ++g) {
+        const int sh = 4 * static_cast<int>(g % 2);
+        mp[g / 2] = static_cast<uint8_t>((mp[g / 2] & ~(15 << sh)) | (src[g / 2] >> sh & 15) << sh);
       }
-      const typename Ops::W w = Ops::load_w(vp, a.values_bf16, mp, bad);
+      const typename Ops::W w = Ops::load_w(vp, VBF16, mp, bad);
       for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::fma(w, xs[mb], acc[r][mb]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int mb = 0; mb < MB; ++mb) a.y[(m0 + mb) * a.N + n0 + r] = Ops::reduce(acc[r][mb]);
+  bad_out = Ops::merge_bad(bad_out, bad);
 }
 
-template <int R>
+template <int R, bool VBF16>
 void gemm_rows(const GemmArgs& a, int64_t n0, typename Ops::Bad& bad) {
-  cpu::SF_ISA_NS::for_row_blocks<Ops::MB>(a.M, [&](auto mb, int64_t m0) { gemm_tile<R, decltype(mb)::value>(a, n0, m0, bad); });
+  cpu::SF_ISA_NS::for_row_blocks<Ops::MB>(
+      a.M, [&](auto mb, int64_t m0) { gemm_tile<R, decltype(mb)::value, VBF16>(a, n0, m0, bad); });
+}
+
+template <bool VBF16>
+bool gemm_dtype(const GemmArgs& a, int64_t n0, int64_t n1) {
+  typename Ops::Bad bad = Ops::no_bad();
+  int64_t n = n0;
+  for (; n + Ops::R <= n1; n += Ops::R) gemm_rows<Ops::R, VBF16>(a, n, bad);
+  for (; n < n1; ++n) gemm_rows<1, VBF16>(a, n, bad);
+  return !Ops::is_bad(bad);
 }
 
 inline bool gemm(const GemmArgs& a, int64_t n0, int64_t n1) {
-  typename Ops::Bad bad = Ops::no_bad();
-  int64_t n = n0;
-  for (; n + Ops::R <= n1; n += Ops::R) gemm_rows<Ops::R>(a, n, bad);
-  for (; n < n1; ++n) gemm_rows<1>(a, n, bad);
-  return !Ops::is_bad(bad);
+  return a.values_bf16 ? gemm_dtype<true>(a, n0, n1) : gemm_dtype<false>(a, n0, n1);
 }
 
 // Dense rows [n0, n1): each group's two values at their columns, zeros elsewhere.
