@@ -9,18 +9,32 @@ from slimformer import ops
 def _supported_isas():
     feats = ops.cpu_features()  # e.g. "isa=avx2 avx2=1 avx512=0 ..."
     best = feats.split()[0].split("=")[1]
-    order = ["scalar", "avx2", "avx512", "avx512vnni"]
+    order = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"]
     return order[: order.index(best) + 1]
 
 
 SUPPORTED_ISAS = _supported_isas()
+# GPTQ's levels (at avx512bf16 it runs its avx512vnni kernels, so that level adds no GPTQ path to test)
 ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni"]
+# The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones)
+SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
 
 
 @pytest.fixture(params=ALL_ISAS)
 def cpu_isa(request, monkeypatch):
     """Runs the test once per CPU kernel path; paths this CPU cannot execute are skipped (running them would be an
     illegal instruction), which is why CI on an AVX2-only machine reports the avx512 cases as skipped."""
+    isa = request.param
+    if isa not in SUPPORTED_ISAS:
+        pytest.skip(f"this CPU cannot run the {isa} path (supports {SUPPORTED_ISAS})")
+    monkeypatch.setenv("SLIMFORMER_CPU_ISA", isa)
+    assert ops.cpu_isa() == isa
+    return isa
+
+
+@pytest.fixture(params=SPARSE24_ISAS)
+def sparse24_isa(request, monkeypatch):
+    """cpu_isa for the 2:4 sparse kernels: one run per level that has its own sparse kernels."""
     isa = request.param
     if isa not in SUPPORTED_ISAS:
         pytest.skip(f"this CPU cannot run the {isa} path (supports {SUPPORTED_ISAS})")

@@ -19,6 +19,7 @@ bool cpu_has(const char* feature) {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   if (!std::strcmp(feature, "avx512vnni")) return __builtin_cpu_supports("avx512vnni");
   if (!std::strcmp(feature, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
+  if (!std::strcmp(feature, "avx512vbmi")) return __builtin_cpu_supports("avx512vbmi");
   if (!std::strcmp(feature, "avx512vpopcntdq")) return __builtin_cpu_supports("avx512vpopcntdq");
 #endif
   (void)feature;
@@ -27,7 +28,9 @@ bool cpu_has(const char* feature) {
 }  // namespace
 
 CpuIsa detected_cpu_isa() {
-  static const CpuIsa isa = cpu_has("avx512") && cpu_has("avx512vnni") ? CpuIsa::kAvx512Vnni
+  const bool vnni = cpu_has("avx512") && cpu_has("avx512vnni");
+  static const CpuIsa isa = vnni && cpu_has("avx512bf16") && cpu_has("avx512vbmi") ? CpuIsa::kAvx512Bf16
+                            : vnni                                                  ? CpuIsa::kAvx512Vnni
                             : cpu_has("avx512")                        ? CpuIsa::kAvx512
                             : cpu_has("avx2")                          ? CpuIsa::kAvx2
                                                                        : CpuIsa::kScalar;
@@ -36,6 +39,7 @@ CpuIsa detected_cpu_isa() {
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAvx512Bf16: return "avx512bf16";
     case CpuIsa::kAvx512Vnni: return "avx512vnni";
     case CpuIsa::kAvx512: return "avx512";
     case CpuIsa::kAvx2: return "avx2";
@@ -50,7 +54,7 @@ CpuIsa active_cpu_isa() {
   int want = -1;
   for (int i = 0; i < kNumCpuIsas; ++i)
     if (!std::strcmp(forced, cpu_isa_name(static_cast<CpuIsa>(i)))) want = i;
-  TORCH_CHECK(want >= 0, "SLIMFORMER_CPU_ISA must be one of scalar, avx2, avx512, avx512vnni; got '", forced, "'");
+  TORCH_CHECK(want >= 0, "SLIMFORMER_CPU_ISA must be one of scalar, avx2, avx512, avx512vnni, avx512bf16; got '", forced, "'");
   TORCH_CHECK(want <= static_cast<int>(best), "SLIMFORMER_CPU_ISA=", forced,
               " was requested but this CPU supports at most ", cpu_isa_name(best));
   return static_cast<CpuIsa>(want);
@@ -58,7 +62,7 @@ CpuIsa active_cpu_isa() {
 
 std::string cpu_feature_summary() {
   std::string s = std::string("isa=") + cpu_isa_name(detected_cpu_isa());
-  for (const char* f : {"avx2", "avx512", "avx512vnni", "avx512bf16", "avx512vpopcntdq"})
+  for (const char* f : {"avx2", "avx512", "avx512vnni", "avx512bf16", "avx512vbmi", "avx512vpopcntdq"})
     s += std::string(" ") + f + "=" + (cpu_has(f) ? "1" : "0");
   return s;
 }

@@ -19,9 +19,9 @@ namespace slimformer {
 namespace gptq {
 namespace {
 
-// GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp).
+// GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp); the avx512bf16 level runs the avx512vnni kernels.
 constexpr CpuDispatch<CpuKernels> kCpuKernels{
-    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni}};
+    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni, nullptr}};
 const CpuKernels& kernels_for(CpuIsa isa) { return kCpuKernels.get(isa); }
 
 // Rows from which the dequantize-tile + fp32 GEMM path is used instead of the fused kernels, per ISA. The fused

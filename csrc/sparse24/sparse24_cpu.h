@@ -31,7 +31,8 @@ constexpr uint8_t second_of(uint8_t pair) { return pair == kBadNibble ? kBadNibb
 
 struct GemmArgs {
   int64_t M, K, N;
-  const float* x;  // [M, K] fp32, row-major (the glue converts bf16/fp16 activations once per call)
+  const float* x;  // [M, K] fp32, row-major (the glue converts bf16/fp16 activations once per call), for gemm
+  const uint16_t* xb;  // [M, K] bf16 activations, for gemm_bf16
   const void* values;  // [N, K/2]
   bool values_bf16;  // else fp32
   const uint8_t* bitmask;  // [N, ceil(K/8)]
@@ -52,11 +53,14 @@ struct CpuKernels {
   bool (*gemm)(const GemmArgs& a, int64_t n0, int64_t n1);
   // dense rows [n0, n1) of W (zeros where pruned); false when a group is not 2:4.
   bool (*decompress)(const DecompressArgs& a, int64_t n0, int64_t n1);
+  // as gemm, for bf16 activations (a.xb) and bf16 values, where the level has such a kernel (else nullptr)
+  bool (*gemm_bf16)(const GemmArgs& a, int64_t n0, int64_t n1);
 };
 
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();
 const CpuKernels& cpu_kernels_avx512();
+const CpuKernels& cpu_kernels_avx512bf16();
 
 }  // namespace sparse24
 }  // namespace slimformer

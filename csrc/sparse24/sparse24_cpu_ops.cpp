@@ -16,7 +16,8 @@ namespace slimformer {
 namespace sparse24 {
 namespace {
 
-constexpr CpuDispatch<CpuKernels> kCpuKernels{{&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr}};
+constexpr CpuDispatch<CpuKernels> kCpuKernels{
+    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr, &cpu_kernels_avx512bf16}};
 
 // Activation rows from which the weight is decompressed, a tile of rows at a time, into the dense GEMM instead of
 // running the sparse kernel (whose FMAs use one lane per kept weight but re-gather the activations for every
@@ -82,12 +83,21 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   at::Tensor y;
   std::atomic<bool> ok{true};
   if (M < large_m_threshold()) {
-    const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
-    const GemmArgs args{M, K, N, xf.data_ptr<float>(), values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
-                        y.data_ptr<float>()};
+    GemmArgs args{M, K, N, nullptr, nullptr, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
+                  y.data_ptr<float>()};
+    at::Tensor xin;
+    auto fn = kern.gemm;
+    if (kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16) {
+      xin = x.reshape({M, K}).contiguous();
+      args.xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
+      fn = kern.gemm_bf16;
+    } else {
+      xin = x.reshape({M, K}).to(at::kFloat).contiguous();
+      args.x = xin.data_ptr<float>();
+    }
     at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
-      if (!kern.gemm(args, n0, n1)) ok = false;
+      if (!fn(args, n0, n1)) ok = false;
     });
   } else {
     // the dense GEMM in the activations' dtype (bf16 with bf16 activations; fp32 otherwise)
