@@ -369,7 +369,7 @@ def test_a_checkpoint_compressed_tensors_writes_loads_exactly(tmp_path):
     for n in names:
         assert torch.equal(got[n], dense_weights[n])
     batch = inputs("llama", 1, length=16)[0]
-    assert torch.equal(output(loaded, batch), output(model, batch))
+    assert rel_err(output(loaded, batch), output(model, batch)) < 1e-5  # the sparse kernel sums in its own order
 
 
 def test_compressed_tensors_decompresses_what_we_save(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from ..hf.swap import is_linear_like, linear_weight
 from . import format as fmt
 
@@ -98,6 +99,11 @@ class Sparse24Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if self.n == 2 and self.m == 4 and x.device.type == "cpu" and x.dtype in fmt.FLOAT_DTYPES:
+            # the 2:4 kernel (fp16 values are widened to fp32 on each call: store fp32 or bf16 for speed)
+            values = self.values if self.values.dtype != torch.float16 else self.values.float()
+            return ops.sparse24_gemm(x, values, self.bitmask, self.bias, self.in_features)
+        # other N:M ratios and devices without a 2:4 kernel: the dense product
         w = self.to_dense().to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return nn.functional.linear(x, w, bias)

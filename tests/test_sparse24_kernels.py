@@ -1,0 +1,125 @@
+"""The 2:4 sparse CPU kernels (slimformer::sparse24_gemm) against the float64 reference (format.reference_gemm), on
+every ISA path the machine has, on awkward shapes, through both the sparse small-M kernel and the decompressed-tile
+path, and their bad-input errors."""
+import pytest
+import torch
+
+import slimformer
+from slimformer import Sparse24Linear
+from slimformer.sparse24 import format as F
+
+SMALL_M, LARGE_M = "1000000", "1"  # SLIMFORMER_SPARSE24_LARGE_M forcing one path or the other
+
+
+def make(N, K, vdtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g)
+    mask = F.nm_mask(w.abs())
+    values, bitmask = F.compress(w.to(vdtype), mask)
+    return values, bitmask
+
+
+def error(y, x, values, bitmask, bias, K):
+    """Relative error of y against the float64 product of exactly the inputs the kernel saw."""
+    ref = F.reference_gemm(x.double(), values.double(), bitmask, None if bias is None else bias.double(), K)
+    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+@pytest.mark.parametrize("M", [1, 3, 8, 13, 130])
+@pytest.mark.parametrize("K", [4, 36, 264])
+@pytest.mark.parametrize("N", [1, 67])
+def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, N):
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    for vdtype in (torch.float32, torch.bfloat16):
+        values, bitmask = make(N, K, vdtype, seed=M + K + N)
+        bias = torch.randn(N)
+        for xdtype in (torch.float32, torch.bfloat16, torch.float16):
+            x = torch.randn(M, K).to(xdtype)
+            y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, bias, K)
+            assert y.dtype == xdtype and y.shape == (M, N)
+            # fp32 activations: fp32 sums; bf16/fp16: the output's own rounding (and, on the tile path, the
+            # dense bf16 GEMM's)
+            tol = 2e-4 if xdtype == torch.float32 else (2e-2 if xdtype == torch.bfloat16 else 2e-3)
+            assert error(y, x, values, bitmask, bias, K) < tol, (vdtype, xdtype)
+
+
+def test_leading_dimensions_empty_inputs_and_no_bias(sparse24_isa):
+    values, bitmask = make(20, 72, torch.bfloat16)
+    x = torch.randn(2, 3, 72)
+    y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, 72)
+    assert y.shape == (2, 3, 20)
+    assert error(y.reshape(6, 20), x.reshape(6, 72), values, bitmask, None, 72) < 2e-4
+    assert torch.ops.slimformer.sparse24_gemm(torch.randn(0, 72), values, bitmask, None, 72).shape == (0, 20)
+
+
+def test_kept_zeros_and_pruned_inputs(sparse24_isa):
+    # a kept weight may be 0.0, and an inf activation under a pruned weight never reaches the sum
+    values, bitmask = make(8, 64, torch.float32)
+    values[:, ::3] = 0.0
+    x = torch.randn(1, 64)
+    mask = F.unpack_bitmask(bitmask, 64)
+    pruned_everywhere = (~mask).all(0).nonzero().flatten()
+    if len(pruned_everywhere):
+        x[0, pruned_everywhere[0]] = float("inf")
+    y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, 64)
+    x_finite = torch.where(torch.isinf(x), torch.zeros_like(x), x)
+    assert error(y, x_finite, values, bitmask, None, 64) < 2e-4
+
+
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path):
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    values, bitmask = make(9, 100, torch.bfloat16)
+    x = torch.randn(5, 100).bfloat16()
+    for row, byte, value in ((0, 0, 0x0F), (8, 12, 0x10), (4, 6, 0x77)):  # 4 kept / 1 kept / 3 kept
+        bad = bitmask.clone()
+        bad[row, byte] = value
+        with pytest.raises(RuntimeError, match="bitmask is not 2:4"):
+            torch.ops.slimformer.sparse24_gemm(x, values, bad, None, 100)
+
+
+def test_bad_input_is_a_clear_error():
+    values, bitmask = make(8, 32, torch.float32)
+    x = torch.randn(2, 32)
+    g = torch.ops.slimformer.sparse24_gemm
+    with pytest.raises(RuntimeError, match="positive multiple of 4"):
+        g(torch.randn(2, 30), values, bitmask, None, 30)
+    with pytest.raises(RuntimeError, match="x must end in in_features=32"):
+        g(torch.randn(2, 36), values, bitmask, None, 32)
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
+        g(x.to(torch.int32), values, bitmask, None, 32)
+    with pytest.raises(RuntimeError, match="values must be float32 or bfloat16"):
+        g(x, values.double(), bitmask, None, 32)
+    with pytest.raises(RuntimeError, match=r"values must be \[out_features, in_features / 2\]"):
+        g(x, values[:, :15], bitmask, None, 32)
+    with pytest.raises(RuntimeError, match="bitmask must be uint8"):
+        g(x, values, bitmask.to(torch.int8), None, 32)
+    with pytest.raises(RuntimeError, match=r"bitmask must be \[out_features, ceil\(in_features / 8\)\]"):
+        g(x, values, bitmask[:, :3], None, 32)
+    with pytest.raises(RuntimeError, match=r"bias must be a floating-point \[out_features\]"):
+        g(x, values, bitmask, torch.randn(7), 32)
+    with pytest.raises(RuntimeError, match="same device|one device|on the CPU"):
+        g(x.to("meta"), values, bitmask, None, 32)
+
+
+def test_opcheck_and_compile():
+    values, bitmask = make(24, 96, torch.bfloat16)
+    for x in (torch.randn(3, 96), torch.randn(2, 96).bfloat16()):
+        torch.library.opcheck(torch.ops.slimformer.sparse24_gemm.default, (x, values, bitmask, None, 96))
+    layer = Sparse24Linear.from_linear(torch.nn.Linear(96, 24), dtype=torch.bfloat16)
+    x = torch.randn(4, 96).bfloat16()
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), layer(x))
+
+
+def test_module_forward_takes_the_kernel_and_fp16_values_work(sparse24_isa):
+    lin = torch.nn.Linear(72, 40)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        layer = Sparse24Linear.from_linear(lin, dtype=dtype)
+        x = torch.randn(3, 72)
+        want = torch.nn.functional.linear(x.double(), layer.to_dense().double(), layer.bias.double())
+        assert ((layer(x).double() - want).norm() / want.norm()).item() < 2e-4
+    layer48 = Sparse24Linear.from_linear(lin, n=4, m=8)  # no kernel for 4:8: the dense product
+    x = torch.randn(2, 72)
+    assert torch.allclose(layer48(x), torch.nn.functional.linear(x, layer48.to_dense(), layer48.bias))
