@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""2:4 sparse linear-layer benchmark (CPU): the FFN shapes of a 7B LLaMA, 4096x11008 (in x out) and 11008x4096.
+
+For each shape, `--layers` distinct weights (more than the last-level cache holds, as a decode step sees them) and
+each M, timed side by side in alternating repeats (median of repeats of the median of rounds, per layer):
+  2:4 bf16 values, bf16 activations (slimformer.ops.sparse24_gemm; the ISA path in the JSON),
+  dense torch bf16 nn.functional.linear (the same weights with their zeros),
+  2:4 fp32 values, fp32 activations, and dense torch fp32.
+Effective GB/s is the compressed weight bytes (values + bitmask) over the time, next to a read bandwidth measured
+here (torch sum over 1 GiB). Prints a table, writes JSON.
+
+    python benchmarks/bench_sparse24.py --json benchmarks/results/sparse24_cpu_zen4.json
+    python benchmarks/bench_sparse24.py --shapes 4096x11008 --m 1 --rounds 7
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gptq import _cpu_name, median_us, read_bandwidth_gbs  # noqa: E402
+
+import slimformer  # noqa: E402
+from slimformer.sparse24 import format as F  # noqa: E402
+
+
+def make_layers(K: int, N: int, count: int, dtype: torch.dtype, seed: int = 0):
+    """(sparse (values, bitmask), dense weight with zeros) pairs; random values (speed does not depend on them)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        w = (torch.randn(N, K, generator=g) * 0.02).to(dtype)
+        mask = F.nm_mask(w.float().abs())
+        values, bitmask = F.compress(w, mask)
+        out.append(((values, bitmask), w * mask))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=["4096x11008", "11008x4096"], help="KxN (in x out)")
+    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16, 64, 128])
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows (half the memory and time)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    bandwidth = statistics.median(read_bandwidth_gbs() for _ in range(3))
+    rows = []
+    for shape in args.shapes:
+        K, N = (int(v) for v in shape.lower().split("x"))
+        kinds = [("bf16", torch.bfloat16)] + ([] if args.no_fp32 else [("fp32", torch.float32)])
+        for label, dtype in kinds:
+            layers = make_layers(K, N, args.layers, dtype)
+            nbytes = N * (K // 2) * layers[0][0][0].element_size() + N * ((K + 7) // 8)
+            for M in tqdm(args.m, desc=f"{shape} {label}", leave=False):
+                x = torch.randn(M, K).to(dtype)
+                got = {"sparse": [], "dense": []}
+                for _ in range(args.repeats):
+                    got["sparse"].append(median_us(
+                        lambda i: slimformer.ops.sparse24_gemm(x, layers[i][0][0], layers[i][0][1], None, K),
+                        args.layers, args.rounds))
+                    got["dense"].append(median_us(lambda i: torch.nn.functional.linear(x, layers[i][1]),
+                                                  args.layers, args.rounds))
+                s, d = statistics.median(got["sparse"]), statistics.median(got["dense"])
+                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, sparse_us=s, dense_us=d,
+                                 dense_over_sparse=d / s, sparse_gbs=nbytes / s / 1e3,
+                                 sparse_bandwidth_fraction=nbytes / s / 1e3 / bandwidth,
+                                 sparse_rounds_us=got["sparse"], dense_rounds_us=got["dense"]))
+                r = rows[-1]
+                print(f"{shape:>11s} {label}  M={M:4d}  2:4 {s:9.0f} us  dense {d:9.0f} us  dense/2:4 "
+                      f"{r['dense_over_sparse']:5.2f}  2:4 reads {r['sparse_gbs']:5.1f} GB/s "
+                      f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {bandwidth:.1f})", flush=True)
+            del layers
+    meta = dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
+                cpu_features=slimformer.ops.cpu_features(), isa=slimformer.ops.cpu_isa(),
+                read_bandwidth_gbs=bandwidth, layers=args.layers, rounds=args.rounds, repeats=args.repeats)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+    main()
