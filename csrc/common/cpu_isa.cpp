@@ -20,6 +20,7 @@ bool cpu_has(const char* feature) {
   if (!std::strcmp(feature, "avx512vnni")) return __builtin_cpu_supports("avx512vnni");
   if (!std::strcmp(feature, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
   if (!std::strcmp(feature, "avx512vbmi")) return __builtin_cpu_supports("avx512vbmi");
+  if (!std::strcmp(feature, "avx512vbmi2")) return __builtin_cpu_supports("avx512vbmi2");
   if (!std::strcmp(feature, "avx512vpopcntdq")) return __builtin_cpu_supports("avx512vpopcntdq");
 #endif
   (void)feature;
@@ -28,12 +29,12 @@ bool cpu_has(const char* feature) {
 }  // namespace
 
 CpuIsa detected_cpu_isa() {
-  const bool vnni = cpu_has("avx512") && cpu_has("avx512vnni");
-  static const CpuIsa isa = vnni && cpu_has("avx512bf16") && cpu_has("avx512vbmi") ? CpuIsa::kAvx512Bf16
-                            : vnni                                                  ? CpuIsa::kAvx512Vnni
-                            : cpu_has("avx512")                        ? CpuIsa::kAvx512
-                            : cpu_has("avx2")                          ? CpuIsa::kAvx2
-                                                                       : CpuIsa::kScalar;
+  static const CpuIsa isa = [] {
+    if (!cpu_has("avx512")) return cpu_has("avx2") ? CpuIsa::kAvx2 : CpuIsa::kScalar;
+    if (!cpu_has("avx512vnni")) return CpuIsa::kAvx512;
+    const bool bf16 = cpu_has("avx512bf16") && cpu_has("avx512vbmi") && cpu_has("avx512vbmi2");
+    return bf16 ? CpuIsa::kAvx512Bf16 : CpuIsa::kAvx512Vnni;
+  }();
   return isa;
 }
 
@@ -62,7 +63,7 @@ CpuIsa active_cpu_isa() {
 
 std::string cpu_feature_summary() {
   std::string s = std::string("isa=") + cpu_isa_name(detected_cpu_isa());
-  for (const char* f : {"avx2", "avx512", "avx512vnni", "avx512bf16", "avx512vbmi", "avx512vpopcntdq"})
+  for (const char* f : {"avx2", "avx512", "avx512vnni", "avx512bf16", "avx512vbmi", "avx512vbmi2", "avx512vpopcntdq"})
     s += std::string(" ") + f + "=" + (cpu_has(f) ? "1" : "0");
   return s;
 }

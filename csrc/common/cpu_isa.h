@@ -9,7 +9,7 @@ namespace slimformer {
 
 // Ordered levels, each a superset of the one before: avx2 = AVX2 + FMA + F16C; avx512 = AVX-512 F/BW/DQ/VL
 // (Skylake-SP); avx512vnni = avx512 + VNNI (Ice Lake, Cascade Lake); avx512bf16 = avx512vnni + AVX512_BF16 +
-// AVX512_VBMI (Sapphire Rapids, Zen 4).
+// AVX512_VBMI + AVX512_VBMI2 (Sapphire Rapids, Zen 4).
 enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3, kAvx512Bf16 = 4 };
 constexpr int kNumCpuIsas = 5;
 

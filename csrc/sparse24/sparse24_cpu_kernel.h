@@ -335,43 +335,104 @@ inline bool gemm_bf16(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 #endif
 
-// Dense rows [n0, n1): each group's two values at their columns, zeros elsewhere.
-inline bool decompress(const DecompressArgs& a, int64_t n0, int64_t n1) {
-  const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2, G = K / 4;
-  uint8_t bad = 0;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* mask = a.bitmask + n * KB;
-    float* df = a.dense_bf16 ? nullptr : static_cast<float*>(a.dense) + (n - n0) * K;
-    uint16_t* db = a.dense_bf16 ? static_cast<uint16_t*>(a.dense) + (n - n0) * K : nullptr;
-    if (df) std::memset(df, 0, K * sizeof(float));
-    else std::memset(db, 0, K * sizeof(uint16_t));
-    for (int64_t g = 0; g < G; ++g) {
-      const uint8_t pair = pair_of_nibble(mask[g / 2] >> (4 * (g % 2)) & 15);
-      bad |= pair;
-      if (pair == kBadNibble) continue;
-      const int64_t c0 = 4 * g + (pair & 3), c1 = 4 * g + (pair >> 2 & 3), v = n * KV + 2 * g;
-      if (a.values_bf16) {
-        const uint16_t* vals = static_cast<const uint16_t*>(a.values);
-        if (db) {
-          db[c0] = vals[v];
-          db[c1] = vals[v + 1];
-        } else {
-          df[c0] = bf16_to_float(vals[v]);
-          df[c1] = bf16_to_float(vals[v + 1]);
-        }
-      } else {
-        const float* vals = static_cast<const float*>(a.values);
-        if (db) {
-          db[c0] = float_to_bf16(vals[v]);
-          db[c1] = float_to_bf16(vals[v + 1]);
-        } else {
-          df[c0] = vals[v];
-          df[c1] = vals[v + 1];
-        }
-      }
+// Whether each of the 16 nibbles of v keeps exactly 2 columns (bit counts per 2, then per 4 bits).
+inline bool groups_are_2_of_4(uint64_t v) {
+  const uint64_t c2 = v - ((v >> 1) & 0x5555555555555555ull);
+  const uint64_t c4 = (c2 & 0x3333333333333333ull) + ((c2 >> 2) & 0x3333333333333333ull);
+  return c4 == 0x2222222222222222ull;
+}
+
+// One row's 64-input chunk: dense[0:64) from the 32 kept values at v and the chunk's 64 mask bits. The bitmask is
+// exactly an expand mask: the kept values, in order, land on the set bits (vexpandps / vpexpandw); the portable
+// form places each group's pair.
+template <bool VBF16, bool DBF16>
+inline void expand_chunk(const uint8_t* v, uint64_t bits, void* dense) {
+#if defined(__AVX512F__)
+  if constexpr (!DBF16) {
+    float* d = static_cast<float*>(dense);
+    for (int q = 0; q < 4; ++q) {  // 16 inputs, 8 kept values each
+      const __mmask16 m = static_cast<__mmask16>(bits >> (16 * q));
+      __m512 out;
+      if constexpr (VBF16)
+        out = _mm512_maskz_expand_ps(m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_zextsi128_si256(
+                                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 16 * q)))), 16)));
+      else
+        out = _mm512_maskz_expandloadu_ps(m, v + 32 * q);
+      _mm512_storeu_ps(d + 16 * q, out);
+    }
+    return;
+  }
+#if defined(__AVX512VBMI2__)
+  if constexpr (DBF16 && VBF16) {
+    uint16_t* d = static_cast<uint16_t*>(dense);
+    for (int h = 0; h < 2; ++h)  // 32 inputs, 16 kept values each
+      _mm512_storeu_si512(d + 32 * h, _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(bits >> (32 * h)),
+                                                                   v + 32 * h));
+    return;
+  }
+#endif
+#endif
+  for (int g = 0; g < 16; ++g) {
+    const uint8_t pair = pair_of_nibble(static_cast<int>(bits >> (4 * g) & 15));
+    const int c0 = 4 * g + (pair & 3), c1 = 4 * g + (pair >> 2 & 3);
+    float f[2];
+    for (int i = 0; i < 2; ++i) {
+      uint16_t b;
+      if constexpr (VBF16) std::memcpy(&b, v + (2 * g + i) * 2, 2);
+      if constexpr (VBF16) f[i] = bf16_to_float(b);
+      else std::memcpy(f + i, v + (2 * g + i) * 4, 4);
+    }
+    if constexpr (DBF16) {
+      uint16_t* d = static_cast<uint16_t*>(dense);
+      for (int c = 0; c < 4; ++c) d[4 * g + c] = 0;
+      d[c0] = float_to_bf16(f[0]);
+      d[c1] = float_to_bf16(f[1]);
+    } else {
+      float* d = static_cast<float*>(dense);
+      for (int c = 0; c < 4; ++c) d[4 * g + c] = 0.f;
+      d[c0] = f[0];
+      d[c1] = f[1];
     }
   }
-  return (bad & kBadNibble) == 0;
+}
+
+// Dense rows [n0, n1): each group's two values at their columns, zeros elsewhere; chunks of 64 inputs, the tail
+// through a zero-padded copy (padding groups 0b0011, values 0).
+template <bool VBF16, bool DBF16>
+bool decompress_rows(const DecompressArgs& a, int64_t n0, int64_t n1) {
+  constexpr int vsize = VBF16 ? 2 : 4, dsize = DBF16 ? 2 : 4;
+  const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2, full = K / 64, rem = K % 64;
+  bool ok = true;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mask = a.bitmask + n * KB;
+    const uint8_t* v = static_cast<const uint8_t*>(a.values) + n * KV * vsize;
+    uint8_t* d = static_cast<uint8_t*>(a.dense) + (n - n0) * K * dsize;
+    for (int64_t c = 0; c < full; ++c) {
+      uint64_t bits;
+      std::memcpy(&bits, mask + 8 * c, 8);
+      ok &= groups_are_2_of_4(bits);
+      expand_chunk<VBF16, DBF16>(v + 32 * c * vsize, bits, d + 64 * c * dsize);
+    }
+    if (rem) {
+      uint64_t bits = 0x3333333333333333ull, real = 0;
+      std::memcpy(&real, mask + 8 * full, (rem + 7) / 8);
+      const uint64_t keep = (uint64_t{1} << rem) - 1;  // rem < 64
+      bits = (bits & ~keep) | (real & keep);
+      ok &= groups_are_2_of_4(bits);
+      alignas(64) uint8_t vp[32 * 4] = {};
+      alignas(64) uint8_t dp[64 * 4];
+      std::memcpy(vp, v + 32 * full * vsize, (rem / 2) * vsize);
+      expand_chunk<VBF16, DBF16>(vp, bits, dp);
+      std::memcpy(d + 64 * full * dsize, dp, rem * dsize);
+    }
+  }
+  return ok;
+}
+
+inline bool decompress(const DecompressArgs& a, int64_t n0, int64_t n1) {
+  if (a.values_bf16)
+    return a.dense_bf16 ? decompress_rows<true, true>(a, n0, n1) : decompress_rows<true, false>(a, n0, n1);
+  return a.dense_bf16 ? decompress_rows<false, true>(a, n0, n1) : decompress_rows<false, false>(a, n0, n1);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
