@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "common/cpu_dispatch.h"
@@ -19,12 +20,14 @@ namespace {
 constexpr CpuDispatch<CpuKernels> kCpuKernels{
     {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr, &cpu_kernels_avx512bf16}};
 
-// Activation rows from which the weight is decompressed, a tile of rows at a time, into the dense GEMM instead of
-// running the sparse kernel (whose FMAs use one lane per kept weight but re-gather the activations for every
-// output row). Measured on Zen 4 (2 threads, 8 x 4096x11008 bf16, us per layer, sparse kernel / tiles / dense
-// bf16): M=32 9653 / 10873 / 9782, M=64 18677 / 17779 / 16367, M=128 36320 / 31304 / 29392 -> tiles from 48.
-// SLIMFORMER_SPARSE24_LARGE_M overrides it.
-int64_t large_m_threshold() {
+// Activation rows from which the weight is decompressed, a tile of rows at a time, into the dense bf16 GEMM instead
+// of running the sparse kernel (whose multiply-adds use one lane per kept weight but re-gather the activations for
+// every output row), where the CPU multiplies bf16 natively and both operands are bf16. Measured on Zen 4
+// (2 threads, 8 x 4096x11008, us per layer, sparse kernel / tiles / dense torch): bf16 M=32 9653 / 10873 / 9782,
+// M=64 18677 / 17779 / 16367, M=128 36320 / 31304 / 29392 -> tiles from 48; fp32 M=32 17992 / 31634 / 40549, M=64
+// 34728 / 84075 / 61670, M=128 67159 / 80976 / 100106 -> the sparse kernel at every M (half the multiply-adds of
+// the dense fp32 GEMM). SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for both.
+int64_t large_m_threshold(bool bf16_tiles) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -32,7 +35,7 @@ int64_t large_m_threshold() {
                 s, "'");
     return v;
   }
-  return 48;
+  return bf16_tiles ? 48 : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
@@ -84,7 +87,10 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   const bool values_bf16 = values.scalar_type() == at::kBFloat16;
   at::Tensor y;
   std::atomic<bool> ok{true};
-  if (M < large_m_threshold()) {
+  // bf16 tiles where the level multiplies bf16 natively and both operands are bf16; fp32 tiles otherwise, so fp32
+  // values are never rounded
+  const bool bf16_tiles = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
+  if (M < large_m_threshold(bf16_tiles)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
                   y.data_ptr<float>()};
@@ -102,10 +108,7 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
       if (!fn(args, n0, n1)) ok = false;
     });
   } else {
-    // the dense GEMM in bf16 where the level multiplies bf16 natively and both operands are bf16 (the rounding the
-    // sparse kernel has too); in fp32 otherwise, so fp32 values are never rounded
-    const bool bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
-    const at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
+    const at::ScalarType dt = bf16_tiles ? at::kBFloat16 : at::kFloat;
     const at::Tensor x2 = x.reshape({M, K}).to(dt).contiguous();
     y = at::empty({M, N}, x.options().dtype(dt));
     at::Tensor tile = at::empty({std::min(N, kDenseTileRows), K}, x.options().dtype(dt));
