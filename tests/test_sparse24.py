@@ -385,3 +385,20 @@ def test_compressed_tensors_decompresses_what_we_save(tmp_path):
     for n, mod in layers.items():
         got = dense[f"{n}.weight"]
         assert got.dtype == torch.bfloat16 and torch.equal(got, mod.to_dense())
+
+
+def test_sparsify_joint_quantization_puts_kept_weights_on_the_grid():
+    model = tiny("llama")
+    report = []
+    slimformer.sparsify(model, Sparse24Config(quantize=GPTQConfig(bits=4, group_size=32)), inputs("llama", 2, length=16),
+                        progress=False, report=report)
+    assert all(r.bits == 4 and r.group_size == 32 for r in report)
+    layer = model.get_submodule("model.layers.0.mlp.down_proj")
+    w = layer.to_dense().t()  # [in, out]; per 32-input group and column at most 16 distinct kept levels (+ 0)
+    for g in range(w.shape[0] // 32):
+        block = w[32 * g:32 * g + 32]
+        assert max(len(torch.unique(block[:, j])) for j in range(block.shape[1])) <= 17
+    with pytest.raises(ValueError, match="needs method='sparsegpt'"):
+        Sparse24Config(method="wanda", quantize=GPTQConfig())
+    with pytest.raises(TypeError, match="GPTQConfig"):
+        Sparse24Config(quantize={"bits": 4})

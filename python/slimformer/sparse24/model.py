@@ -7,6 +7,7 @@ linear of the blocks, or pass fnmatch patterns."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,10 @@ class Sparse24Config:
     block_name: str | None = None
     model_seqlen: int | None = None
     values_dtype: torch.dtype | None = None  # dtype of the kept values (default: the layer's)
+    # joint SparseGPT + GPTQ (one pass): the kept weights are also rounded to GPTQ's grid (bits, group_size, sym,
+    # mse of this GPTQConfig). The layers hold the dequantized kept values (the packed 2:4 + int4 layout and its
+    # kernel are not built yet), so the quality is that of the 2:4 + int4 model; the memory is not yet.
+    quantize: Any = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -67,6 +72,12 @@ class Sparse24Config:
             raise ValueError(f"values_dtype must be one of {fmt.FLOAT_DTYPES} or None, got {self.values_dtype}")
         if isinstance(self.modules_to_not_convert, str):
             self.modules_to_not_convert = [self.modules_to_not_convert]
+        if self.quantize is not None:
+            from ..gptq.config import GPTQConfig
+            if not isinstance(self.quantize, GPTQConfig):
+                raise TypeError(f"quantize must be a slimformer.GPTQConfig or None, got {type(self.quantize).__name__}")
+            if self.method != "sparsegpt":
+                raise ValueError("quantize (the joint 2:4 + GPTQ pass) needs method='sparsegpt'")
 
     def selector(self) -> Targets:
         skip = tuple(self.modules_to_not_convert or ())
@@ -87,15 +98,19 @@ class Sparse24Compressor(LayerCompressor):
         self.asymmetric = config.asym_calibration
         self.true_sequential = config.true_sequential
         self.targets = config.selector()
-        self.progress_label = f"{config.method} {config.n}:{config.m}"
+        self.progress_label = f"{config.method} {config.n}:{config.m}" + (
+            f" + int{config.quantize.bits}" if config.quantize is not None else "")
 
     def compress(self, name, module, stat):
         c = self.config
         weight = linear_weight(module).detach()
         fmt.check_in_features(weight.shape[1], c.m)
         if c.method == "sparsegpt":
+            q = c.quantize
             r = sparsegpt(weight, stat.hessian, n=c.n, m=c.m, damp=c.damp_percent, block_size=c.block_size,
-                          asym_cross=stat.cross, asym_alpha=c.asym_alpha)
+                          asym_cross=stat.cross, asym_alpha=c.asym_alpha, bits=None if q is None else q.bits,
+                          group_size=128 if q is None else q.group_size, sym=True if q is None else q.sym,
+                          mse=False if q is None else q.mse)
         elif c.method == "wanda":
             r = wanda_prune(weight, stat.norms, c.n, c.m)
         else:
@@ -104,7 +119,10 @@ class Sparse24Compressor(LayerCompressor):
         dtype = c.values_dtype or (weight.dtype if weight.dtype in fmt.FLOAT_DTYPES else torch.float32)
         layer = Sparse24Linear.from_dense(r.weight, r.mask, bias if isinstance(bias, torch.Tensor) else None,
                                           n=c.n, m=c.m, dtype=dtype)
-        return layer, {"error": r.error, "sparsity": f"{c.n}:{c.m}", "damp": r.damp}
+        fields = {"error": r.error, "sparsity": f"{c.n}:{c.m}", "damp": r.damp}
+        if r.bits is not None:
+            fields.update(bits=r.bits, group_size=r.group_size)
+        return layer, fields
 
 
 @torch.no_grad()
