@@ -112,3 +112,26 @@ def test_cli_errors(workspace, capsys, args, message):
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not (workspace / "x").exists()
+
+
+def test_sparsify_eval_bench(workspace, capsys):
+    out = workspace / "llama-2of4"
+    assert cli.main(["sparsify", str(workspace / "llama"), str(out), "--calib", str(workspace / "text.txt"),
+                     "--nsamples", "4", "--seqlen", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.layers.1.mlp.down_proj" in printed and "saved 6 2:4 layers" in printed
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["sparsity_config"]["format"] == "sparse-24-bitmask"
+    assert cli.main(["eval", str(out), "--text", str(workspace / "text.txt"), "--seqlen", "64"]) == 0
+    assert 1 < json.loads(capsys.readouterr().out)["perplexity"] < 1e4
+    assert cli.main(["bench", str(out), "--reference", str(workspace / "llama"), "--seqlen", "16",
+                     "--new-tokens", "3"]) == 0
+    assert "| compressed |" in capsys.readouterr().out
+    # magnitude needs no calibration text; wanda does, and says so before loading anything heavy
+    assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama-mag"), "--method", "magnitude",
+                     "--n", "4", "--m", "8", "--targets", "all"]) == 0
+    assert "saved 14 4:8 layers" in capsys.readouterr().out
+    assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "x"), "--method", "wanda"]) == 2
+    assert "--calib FILE.txt is required for wanda" in capsys.readouterr().err
+    assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama")]) == 2
+    assert "overwrite the dense model" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
   slimformer info                                   the build, the CPU features and the kernel path in use
   slimformer quantize MODEL_DIR OUT_DIR --bits 4 --group-size 128 [--desc-act] --calib FILE.txt
+  slimformer sparsify MODEL_DIR OUT_DIR --method sparsegpt [--n 2 --m 4] [--targets ffn|all] --calib FILE.txt
   slimformer eval MODEL_DIR --text FILE.txt [--reference DENSE_DIR]
   slimformer bench MODEL_DIR [--reference DENSE_DIR]
 """
@@ -64,6 +65,53 @@ def _info(args):
     print("formats: " + ", ".join(sorted(slimformer.FORMATS)))
 
 
+def _calibration(args, model, tokenizer, who: str):
+    """Calibration samples from args.calib: token windows for causal LMs, sentences for encoders."""
+    from slimformer import evaluate as ev
+
+    if args.calib is None:
+        raise CliError(f"--calib FILE.txt is required for {who}")
+    if tokenizer is None:
+        raise CliError(f"{args.model_dir} has no tokenizer files to tokenize the calibration text with")
+    seqlen = _check_seqlen(model, args.seqlen, minimum=2)
+    text = ev.read_text(args.calib)
+    if ev.is_causal_lm(model.config):
+        ids = ev.token_ids(tokenizer, text)
+        calib = ev.calibration_windows(ids, args.nsamples, seqlen, seed=args.seed)
+        print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} ({ids.numel()} tokens)")
+        return calib
+    # encoders are used on sentences; long windows calibrate them worse (benchmarks/README.md)
+    calib = ev.sample_sentences(text, args.nsamples, random.Random(args.seed))
+    if not calib:
+        raise CliError(f"{args.calib} has no sentences of 5 to 60 words to calibrate an encoder with")
+    print(f"calibration: {len(calib)} sentences from {args.calib}")
+    return calib
+
+
+def _sparsify(args):
+    import slimformer
+    from slimformer import evaluate as ev
+
+    _check_out_dir(args.model_dir, args.out_dir)
+    if args.calib is not None:
+        ev.read_text(args.calib)
+    quantize = None if args.bits is None else slimformer.GPTQConfig(bits=args.bits, group_size=args.group_size)
+    targets = args.targets if args.targets in ("ffn", "all") else args.targets.split(",")
+    config = slimformer.Sparse24Config(method=args.method, n=args.n, m=args.m, targets=targets,
+                                       modules_to_not_convert=args.skip or None, damp_percent=args.damp,
+                                       asym_calibration=args.asym_calibration, asym_alpha=args.asym_alpha,
+                                       quantize=quantize)
+    model, tokenizer = ev.load_model(args.model_dir)
+    calib = None if config.method == "magnitude" else _calibration(args, model, tokenizer, config.method)
+    report = []
+    model = slimformer.sparsify(model, config, calib, tokenizer=tokenizer, device=args.device, report=report)
+    slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
+    rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
+             "seconds": r.seconds} for r in report]
+    print(ev.markdown_table(rows, ["layer", "in", "out", "rel. error", "seconds"]))
+    print(f"saved {len(report)} {config.n}:{config.m} layers to {args.out_dir}")
+
+
 def _quantize(args):
     import slimformer
     from slimformer import evaluate as ev
@@ -79,24 +127,7 @@ def _quantize(args):
                                    asym_calibration=args.asym_calibration, asym_alpha=args.asym_alpha,
                                    asym_method=args.asym_method)
     model, tokenizer = ev.load_model(args.model_dir)
-    calib = None
-    if config.method == "gptq":
-        if args.calib is None:
-            raise CliError("--calib FILE.txt is required for GPTQ (or use --method rtn)")
-        if tokenizer is None:
-            raise CliError(f"{args.model_dir} has no tokenizer files to tokenize the calibration text with")
-        seqlen = _check_seqlen(model, args.seqlen, minimum=2)
-        text = ev.read_text(args.calib)
-        if ev.is_causal_lm(model.config):
-            ids = ev.token_ids(tokenizer, text)
-            calib = ev.calibration_windows(ids, args.nsamples, seqlen, seed=args.seed)
-            print(f"calibration: {len(calib)} windows of up to {seqlen} tokens from {args.calib} "
-                  f"({ids.numel()} tokens)")
-        else:  # encoders are used on sentences; long windows calibrate them worse (benchmarks/README.md)
-            calib = ev.sample_sentences(text, args.nsamples, random.Random(args.seed))
-            if not calib:
-                raise CliError(f"{args.calib} has no sentences of 5 to 60 words to calibrate an encoder with")
-            print(f"calibration: {len(calib)} sentences from {args.calib}")
+    calib = _calibration(args, model, tokenizer, "GPTQ (or use --method rtn)") if config.method == "gptq" else None
     report = []
     model = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device, report=report)
     slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
@@ -219,6 +250,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="zero-point storage: default v1 ('gptq') for symmetric, gptq_v2 for --asym")
     q.add_argument("--device", default=None, help="where blocks are processed (e.g. cuda); default: cpu")
 
+    s = sub.add_parser("sparsify", help="prune a Hugging Face model directory to N:M (2:4) sparsity: a "
+                                        "compressed-tensors sparse-24-bitmask checkpoint")
+    s.add_argument("model_dir", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--method", choices=["sparsegpt", "wanda", "magnitude"], default="sparsegpt")
+    s.add_argument("--n", type=_positive_int, default=2, help="weights kept of every M")
+    s.add_argument("--m", type=_positive_int, default=4)
+    s.add_argument("--targets", default="ffn",
+                   help="'ffn' (feed-forward linears, the default), 'all', or comma-separated name patterns")
+    s.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")
+    s.add_argument("--calib", type=Path, help="calibration text file (UTF-8); not needed for magnitude")
+    s.add_argument("--nsamples", type=_positive_int, default=128,
+                   help="calibration windows (causal LMs) or sentences (encoders)")
+    s.add_argument("--seqlen", type=_positive_int, default=512, help="tokens per calibration window")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--damp", type=float, default=0.01)
+    s.add_argument("--asym-calibration", action="store_true",
+                   help="SparseGPT toward the full-precision model's outputs (GPTQv2-style asymmetric calibration)")
+    s.add_argument("--asym-alpha", type=float, default=0.25, help="strength of the asymmetric correction")
+    s.add_argument("--bits", type=int, default=None,
+                   help="also quantize the kept weights with GPTQ in the same pass (SparseGPT only)")
+    s.add_argument("--group-size", type=int, default=128)
+    s.add_argument("--device", default=None, help="where blocks are processed (e.g. cuda); default: cpu")
+
     e = sub.add_parser("eval", help="perplexity (causal LMs) or embedding fidelity to a reference (encoders)")
     e.add_argument("model_dir", type=Path)
     e.add_argument("--text", type=Path, required=True)
@@ -237,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        {"info": _info, "quantize": _quantize, "eval": _eval, "bench": _bench}[args.command](args)
+        {"info": _info, "quantize": _quantize, "sparsify": _sparsify, "eval": _eval,
+         "bench": _bench}[args.command](args)
     except (CliError, FileNotFoundError, NotADirectoryError, ValueError, TypeError) as e:
         print(f"slimformer {args.command}: error: {e}", file=sys.stderr)
         return 2
