@@ -50,6 +50,17 @@ cuda-check:
 	  $(NVCC) -std=c++17 -O2 -Icsrc -arch=sm_$$arch -c $$f -o /dev/null || exit 1; \
 	done; done
 	@echo "cuda-check: all $(words $(CU_SOURCES)) CUDA sources compiled for sm_$(subst $() $(),/sm_,$(CUDA_ARCHS))"
+	@# The torch glue of the CUDA ops (*_cuda_ops.cpp) needs a CUDA torch to build; with the CPU torch's headers
+	@# (c10/cuda is shipped, its CMake-generated macro header is not) it can at least be syntax-checked.
+	@if test -x $(PY); then \
+	  TI=$$($(PY) -c "import torch.utils.cpp_extension as c; print(c.include_paths()[0])") && \
+	  mkdir -p build/cuda-check/c10/cuda/impl && echo '#pragma once' > build/cuda-check/c10/cuda/impl/cuda_cmake_macros.h && \
+	  CUDA_INC=$$(echo | $(NVCC) -x cu -E - -v 2>&1 | sed -n 's/.*-I"\{0,1\}\([^" ]*targets[^" ]*include\).*/\1/p' | head -1) && \
+	  for f in $$(find csrc -name '*_cuda_ops.cpp'); do echo "syntax $$f"; \
+	    $(CXX) -std=c++20 -fsyntax-only -Icsrc -I$$TI -I$$TI/torch/csrc/api/include -Ibuild/cuda-check \
+	      -I$$CUDA_INC $$f || exit 1; done; \
+	  echo "cuda-check: the CUDA op glue passes a syntax check against torch's headers"; \
+	else echo "cuda-check: no $(PY): the CUDA op glue was not syntax-checked"; fi
 
 clean:
 	rm -rf build dist *.egg-info

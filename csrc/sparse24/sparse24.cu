@@ -1,0 +1,120 @@
+// 2:4 sparse GEMM CUDA kernels (framework-free), deliberately plain until a GPU can verify and time a tensor-core
+// pipeline: no GPU has been lent to this project yet, so these are built to be right by construction and share the
+// metadata decode (sparse24_layout.h) with the CPU-tested kernels.
+// * Small M: one warp per output row n; lane l takes the groups l, l + 32, ...: it decodes the group's nibble into
+//   its two kept columns and multiplies the two kept values with those activations, for up to kRows activation rows
+//   per pass in registers; the warp sums with shuffles and lane 0 adds the bias and stores in the output dtype.
+//   Reads of values (2 per group) are coalesced across lanes.
+// * Large M: a decompress kernel writes the dense W [N, K] and the caller uses cuBLAS.
+// The next step is the sparse tensor cores (mma.sp.m16n8k32 for bf16/fp16, the metadata reordered into the
+// layout the instruction wants), checked against these kernels on a GPU.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "sparse24_cuda.h"
+#include "sparse24_layout.h"
+
+namespace slimformer {
+namespace sparse24 {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRows = 8;
+
+__device__ __forceinline__ float load_as_float(const void* p, int64_t i, CudaDType dt) {
+  switch (dt) {
+    case CudaDType::kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
+    case CudaDType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+__device__ __forceinline__ void store_from_float(void* p, int64_t i, float v, CudaDType dt) {
+  switch (dt) {
+    case CudaDType::kFloat16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    case CudaDType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<float*>(p)[i] = v;
+  }
+}
+
+__device__ __forceinline__ uint8_t group_pair(const uint8_t* mask_row, int64_t g) {
+  return pair_of_nibble(mask_row[g / 2] >> (4 * (g % 2)) & 15);
+}
+
+__global__ void gemm_kernel(const void* __restrict__ x, CudaDType xdt, const void* __restrict__ values,
+                            CudaDType vdt, const uint8_t* __restrict__ bitmask, const void* __restrict__ bias,
+                            CudaDType bdt, void* __restrict__ y, CudaDType ydt, int64_t M, int64_t K, int64_t N) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  const int64_t G = K / 4, KB = (K + 7) / 8;
+  const uint8_t* mask_row = bitmask + n * KB;
+  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+    float acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+    bool bad = false;
+    for (int64_t g = lane; g < G; g += 32) {
+      const uint8_t pair = group_pair(mask_row, g);
+      if (pair == kBadNibble) {
+        bad = true;
+        continue;
+      }
+      const float v0 = load_as_float(values, n * (K / 2) + 2 * g, vdt);
+      const float v1 = load_as_float(values, n * (K / 2) + 2 * g + 1, vdt);
+      const int64_t c0 = 4 * g + (pair & 3), c1 = 4 * g + (pair >> 2 & 3);
+      for (int r = 0; r < kRows; ++r)
+        if (m0 + r < M)
+          acc[r] += v0 * load_as_float(x, (m0 + r) * K + c0, xdt) + v1 * load_as_float(x, (m0 + r) * K + c1, xdt);
+    }
+    const bool any_bad = __any_sync(0xffffffffu, bad);
+    for (int r = 0; r < kRows; ++r)
+      for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+    if (lane == 0)
+      for (int r = 0; r < kRows && m0 + r < M; ++r) {
+        float v = any_bad ? __int_as_float(0x7fc00000) : acc[r];
+        if (bias != nullptr) v += load_as_float(bias, n, bdt);
+        store_from_float(y, (m0 + r) * N + n, v, ydt);
+      }
+  }
+}
+
+__global__ void decompress_kernel(const void* __restrict__ values, CudaDType vdt, const uint8_t* __restrict__ bitmask,
+                                  void* __restrict__ dense, CudaDType ddt, int64_t K, int64_t N) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (row, group)
+  const int64_t G = K / 4;
+  if (i >= N * G) return;
+  const int64_t n = i / G, g = i % G;
+  const uint8_t pair = group_pair(bitmask + n * ((K + 7) / 8), g);
+  float out[4] = {0.f, 0.f, 0.f, 0.f};
+  if (pair == kBadNibble) {
+    for (int c = 0; c < 4; ++c) out[c] = __int_as_float(0x7fc00000);
+  } else {
+    out[pair & 3] = load_as_float(values, n * (K / 2) + 2 * g, vdt);
+    out[pair >> 2 & 3] = load_as_float(values, n * (K / 2) + 2 * g + 1, vdt);
+  }
+  for (int c = 0; c < 4; ++c) store_from_float(dense, n * K + 4 * g + c, out[c], ddt);
+}
+
+}  // namespace
+
+cudaError_t launch_gemm(const void* x, CudaDType xdt, const void* values, CudaDType vdt, const uint8_t* bitmask,
+                        const void* bias, CudaDType bdt, void* y, CudaDType ydt, int64_t M, int64_t K, int64_t N,
+                        cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>((N + kWarps - 1) / kWarps);
+  gemm_kernel<<<blocks, kWarps * 32, 0, stream>>>(x, xdt, values, vdt, bitmask, bias, bdt, y, ydt, M, K, N);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_decompress(const void* values, CudaDType vdt, const uint8_t* bitmask, void* dense, CudaDType ddt,
+                              int64_t K, int64_t N, cudaStream_t stream) {
+  const int64_t n = N * (K / 4);
+  if (n == 0) return cudaSuccess;
+  const int threads = 256;
+  decompress_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(values, vdt, bitmask,
+                                                                                               dense, ddt, K, N);
+  return cudaGetLastError();
+}
+
+}  // namespace sparse24
+}  // namespace slimformer
