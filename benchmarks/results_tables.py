@@ -146,6 +146,46 @@ def sweep() -> str:
         f"\n\n(`results/gptq_minilm_sweep.json`, {d['date']})"
 
 
+def sparse24_speed(name: str) -> str:
+    """bench_sparse24.py: per shape and dtype, 2:4 vs dense torch at each M."""
+    d = load(name)
+    m = d["meta"]
+    rows = [[r["shape"], r["dtype"], r["M"], round(r["sparse_us"]), round(r["dense_us"]), f"{r['dense_over_sparse']:.2f}",
+             f"{r['sparse_us'] / r['dense_us']:.2f}", f"{r['sparse_gbs']:.1f} ({100 * r['sparse_bandwidth_fraction']:.0f}%)"]
+            for r in d["rows"]]
+    return table(["K x N", "dtype", "M", "2:4 us", "dense us", "dense / 2:4", "2:4 / dense", "2:4 reads GB/s (% of read bw)"],
+                 rows) + (f"\n\nRead bandwidth measured in the same run: {m['read_bandwidth_gbs']:.1f} GB/s; ISA path "
+                          f"`{m['isa']}`; {m['layers']} layers, {m['repeats']} alternating repeats of {m['rounds']} rounds "
+                          f"(`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads).")
+
+
+def sparse24_quality() -> str:
+    d = load("sparse24_quality.json")
+    out = []
+    if "minilm" in d:
+        mm = d["minilm"]
+        alphas = ", ".join(f"{a}: {v:.4f}" for a, v in mm["alpha_on_selection"].items())
+        out.append(f"all-MiniLM-L6-v2, mean sentence cosine to the dense model ({mm['calibration sentences']} calibration "
+                   f"sentences, {mm['scored sentences']} scored per set; asymmetric alpha chosen on the selection text, "
+                   f"2:4 FFN: {alphas}; {_when(mm['meta'])}):\n\n" + table(
+                       ["pruning", "unseen: mean cosine", "selection: mean cosine", "prune s"],
+                       [[r["model"], f"{r['unseen mean_cosine']:.4f}", f"{r['selection mean_cosine']:.4f}",
+                         f"{r['prune s']:.0f}"] for r in mm["rows"]]))
+    if "tiny_lm" in d:
+        t = d["tiny_lm"]
+        out.append(f"Tiny LLaMA (4 x 256), held-out perplexity over {t['held_out_tokens']} tokens "
+                   f"({_when(t['meta'])}):\n\n" + table(["pruning", "perplexity"],
+                                                       [[r["model"], f"{r['perplexity']:.2f}"] for r in t["rows"]]))
+    return "\n\n".join(out) + "\n\n(`results/sparse24_quality.json`)"
+
+
+def sparsegpt_published() -> str:
+    d = load("sparsegpt_vs_published.json")
+    rows = [[k.replace(" error", ""), f"{v:.4e}"] for k, v in d["mean"].items()]
+    return table(["variant (12 FFN linears of all-MiniLM-L6-v2)", "mean relative output error"], rows) + \
+        f"\n\n(`results/sparsegpt_vs_published.json`, {d['meta']['date']}; {d['meta']['published']})"
+
+
 SECTIONS = {
     "goals-zen4": lambda: goals([("avx2", "gptq_cpu_goals_zen4_avx2.json"),
                                  ("avx512", "gptq_cpu_goals_zen4_avx512.json"),
@@ -166,6 +206,9 @@ SECTIONS = {
     "quality": quality,
     "sweep": sweep,
     "int8": int8,
+    "sparse24-zen4": lambda: sparse24_speed("sparse24_cpu_zen4.json"),
+    "sparse24-quality": sparse24_quality,
+    "sparsegpt-published": sparsegpt_published,
 }
 
 def render(template: Path) -> str:
