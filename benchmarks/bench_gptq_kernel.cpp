@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_pool.h"
 #include "gptq/gptq_cpu.h"
 
 using namespace slimformer::gptq;
@@ -64,48 +65,16 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// Times fn over all layers with `threads` threads: the calling thread plus threads-1 workers started once and
-// woken through a generation counter (spinning: a thread start per layer would cost as much as the kernel).
+// Times fn over all layers with `threads` threads, each taking its share of the column tiles.
 template <class Args>
 double run_ms(void (*fn)(const Args&, int64_t, int64_t), std::vector<Args>& args, int64_t threads, int64_t iters) {
-  std::atomic<int64_t> gen{0}, done{0};
-  std::atomic<bool> stop{false};
-  const Args* cur = nullptr;
-  auto share = [&](int64_t th) {
-    const int64_t nt = cur->w.n_tiles();
-    fn(*cur, nt * th / threads, nt * (th + 1) / threads);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t th = 1; th < threads; ++th)
-    pool.emplace_back([&, th] {
-      int64_t seen = 0;
-      while (true) {
-        while (gen.load(std::memory_order_acquire) == seen && !stop.load(std::memory_order_acquire)) {
-        }
-        if (stop.load(std::memory_order_acquire)) return;
-        seen = gen.load(std::memory_order_acquire);
-        share(th);
-        done.fetch_add(1, std::memory_order_acq_rel);
-      }
-    });
-  std::vector<double> times;
-  for (int64_t it = 0; it < iters + 1; ++it) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (auto& a : args) {
-      cur = &a;
-      done.store(0, std::memory_order_release);
-      gen.fetch_add(1, std::memory_order_acq_rel);
-      share(0);
-      while (done.load(std::memory_order_acquire) != threads - 1) {
-      }
-    }
-    const auto t1 = std::chrono::steady_clock::now();
-    if (it > 0) times.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count() / args.size());
-  }
-  stop.store(true, std::memory_order_release);
-  for (auto& t : pool) t.join();
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return median_ms_per_layer(
+      [&](int64_t th, int64_t layer) {
+        const Args& a = args[layer];
+        const int64_t nt = a.w.n_tiles();
+        fn(a, nt * th / threads, nt * (th + 1) / threads);
+      },
+      static_cast<int64_t>(args.size()), threads, iters);
 }
 
 }  // namespace

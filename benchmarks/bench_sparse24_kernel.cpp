@@ -1,0 +1,150 @@
+// Raw-kernel benchmark of the 2:4 sparse CPU kernels: no torch, no Python, no dispatcher or conversion overhead.
+// Streams `layers` distinct random 2:4 weights (more than fit in the last-level cache) and reports the median time
+// per layer, the effective read bandwidth of the compressed weight (values + bitmask) and the GFLOP/s counted on
+// the kept weights, for each ISA path the CPU supports: fp32 activations with fp32 and bf16 values ("-f32" /
+// "-bf16v") and, where the level has it, bf16 activations and values ("-bf16").
+//
+// usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
+//                              [--isa scalar|avx2|avx512|avx512bf16] [--json]
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_pool.h"
+#include "sparse24/sparse24_cpu.h"
+
+using namespace slimformer::sparse24;
+
+namespace {
+
+struct Options {
+  int64_t k = 4096, n = 11008, m = 1, layers = 16, iters = 20, threads = 2;
+  bool json = false;
+  std::string isa;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> int64_t {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return std::atoll(argv[++i]);
+    };
+    if (a == "--k") o.k = next();
+    else if (a == "--n") o.n = next();
+    else if (a == "--m") o.m = next();
+    else if (a == "--layers") o.layers = next();
+    else if (a == "--iters") o.iters = next();
+    else if (a == "--threads") o.threads = next();
+    else if (a == "--json") o.json = true;
+    else if (a == "--isa" && i + 1 < argc) o.isa = argv[++i];
+    else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      std::exit(2);
+    }
+  }
+  if (o.k <= 0 || o.k % 4 || o.n <= 0 || o.m <= 0 || o.layers <= 0 || o.threads <= 0) {
+    std::fprintf(stderr, "need k a positive multiple of 4 and positive n, m, layers, threads\n");
+    std::exit(2);
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  const int64_t K = o.k, N = o.n, M = o.m, KB = (K + 7) / 8;
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  // every layer: a random 2:4 mask (one of the 6 valid nibbles per group) and values in both dtypes
+  static const uint8_t kNibbles[6] = {0x3, 0x5, 0x6, 0x9, 0xA, 0xC};
+  std::vector<std::vector<uint8_t>> masks(o.layers, std::vector<uint8_t>(N * KB, 0));
+  std::vector<std::vector<float>> vf(o.layers, std::vector<float>(N * K / 2));
+  std::vector<std::vector<uint16_t>> vb(o.layers, std::vector<uint16_t>(N * K / 2));
+  for (int64_t l = 0; l < o.layers; ++l) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < K / 4; ++g) masks[l][n * KB + g / 2] |= kNibbles[rng() % 6] << (4 * (g % 2));
+    for (int64_t i = 0; i < N * K / 2; ++i) {
+      float v = normal(rng) * 0.02f;
+      uint32_t b;
+      std::memcpy(&b, &v, 4);
+      b &= 0xFFFF0000u;
+      std::memcpy(&v, &b, 4);
+      vf[l][i] = v;
+      vb[l][i] = static_cast<uint16_t>(b >> 16);
+    }
+  }
+  std::vector<float> x(M * K), y(M * N);
+  std::vector<uint16_t> xb(M * K);
+  for (int64_t i = 0; i < M * K; ++i) {
+    x[i] = normal(rng);
+    uint32_t b;
+    std::memcpy(&b, &x[i], 4);
+    xb[i] = static_cast<uint16_t>(b >> 16);
+    b &= 0xFFFF0000u;
+    std::memcpy(&x[i], &b, 4);
+  }
+  struct Path {
+    const char* name;
+    const CpuKernels& (*kern)();
+    bool ok;
+  };
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const Path paths[] = {
+      {"scalar", &cpu_kernels_scalar, true},
+      {"avx2", &cpu_kernels_avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
+      {"avx512", &cpu_kernels_avx512, avx512},
+      {"avx512bf16", &cpu_kernels_avx512bf16,
+       avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
+           __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2")},
+  };
+  if (!o.json)
+    std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
+  enum Kind { kF32, kBf16Values, kBf16 };
+  for (const Path& p : paths)
+    for (const Kind kind : {kF32, kBf16Values, kBf16}) {
+      if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
+      const CpuKernels& kern = p.kern();
+      if (kind == kBf16 && kern.gemm_bf16 == nullptr) continue;
+      std::vector<GemmArgs> args(o.layers);
+      for (int64_t l = 0; l < o.layers; ++l)
+        args[l] = GemmArgs{M, K, N, x.data(), xb.data(),
+                           kind == kF32 ? static_cast<const void*>(vf[l].data()) : vb[l].data(), kind != kF32,
+                           masks[l].data(), y.data()};
+      auto fn = kind == kBf16 ? kern.gemm_bf16 : kern.gemm;
+      bool ok = true;
+      const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
+      const double ms = median_ms_per_layer(
+          [&](int64_t th, int64_t layer) {
+            if (!fn(args[layer], N * th / o.threads, N * (th + 1) / o.threads)) ok = false;
+          },
+          o.layers, o.threads, iters);
+      if (!ok) {
+        std::fprintf(stderr, "%s: the kernel reported a mask that is not 2:4\n", p.name);
+        return 1;
+      }
+      const std::string name =
+          std::string(p.name) + (kind == kF32 ? "-f32" : kind == kBf16Values ? "-bf16v" : "-bf16");
+      const double bytes = double(N) * (K / 2) * (kind == kF32 ? 4 : 2) + double(N) * KB;
+      const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
+      if (o.json)
+        std::printf("{\"path\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"us_per_layer\": %.1f, "
+                    "\"gb_per_s\": %.2f, \"gflop_per_s\": %.2f}\n",
+                    name.c_str(), (long long)K, (long long)N, (long long)M, ms * 1e3, gbs, gflops);
+      else
+        std::printf("%-18s %6lld %6lld %4lld %11.1f %9.2f %9.2f\n", name.c_str(), (long long)K, (long long)N,
+                    (long long)M, ms * 1e3, gbs, gflops);
+    }
+  return 0;
+}
