@@ -20,27 +20,25 @@ ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni"]
 SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
 
 
-@pytest.fixture(params=ALL_ISAS)
-def cpu_isa(request, monkeypatch):
-    """Runs the test once per CPU kernel path; paths this CPU cannot execute are skipped (running them would be an
-    illegal instruction), which is why CI on an AVX2-only machine reports the avx512 cases as skipped."""
-    isa = request.param
+def _force_isa(isa, monkeypatch):
     if isa not in SUPPORTED_ISAS:
         pytest.skip(f"this CPU cannot run the {isa} path (supports {SUPPORTED_ISAS})")
     monkeypatch.setenv("SLIMFORMER_CPU_ISA", isa)
     assert ops.cpu_isa() == isa
     return isa
+
+
+@pytest.fixture(params=ALL_ISAS)
+def cpu_isa(request, monkeypatch):
+    """Runs the test once per CPU kernel path; paths this CPU cannot execute are skipped (running them would be an
+    illegal instruction), which is why CI on an AVX2-only machine reports the avx512 cases as skipped."""
+    return _force_isa(request.param, monkeypatch)
 
 
 @pytest.fixture(params=SPARSE24_ISAS)
 def sparse24_isa(request, monkeypatch):
     """cpu_isa for the 2:4 sparse kernels: one run per level that has its own sparse kernels."""
-    isa = request.param
-    if isa not in SUPPORTED_ISAS:
-        pytest.skip(f"this CPU cannot run the {isa} path (supports {SUPPORTED_ISAS})")
-    monkeypatch.setenv("SLIMFORMER_CPU_ISA", isa)
-    assert ops.cpu_isa() == isa
-    return isa
+    return _force_isa(request.param, monkeypatch)
 
 
 @pytest.fixture(autouse=True)

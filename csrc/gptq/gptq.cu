@@ -26,22 +26,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRows = 8;  // activation rows accumulated per pass
 
-__device__ __forceinline__ float load_as_float(const void* p, int64_t i, CudaDType dt) {
-  switch (dt) {
-    case CudaDType::kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
-    case CudaDType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-__device__ __forceinline__ void store_from_float(void* p, int64_t i, float v, CudaDType dt) {
-  switch (dt) {
-    case CudaDType::kFloat16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
-    case CudaDType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<float*>(p)[i] = v;
-  }
-}
-
 template <int BITS>
 __global__ void small_m_gemm_kernel(const void* __restrict__ x, CudaDType xdt, TiledWeight w, int64_t M,
                                     float* __restrict__ y32) {

@@ -5,12 +5,14 @@
 
 #include <cstdint>
 
+#include "common/cuda_dtype.h"
+
 #include "gptq_layout.h"
 
 namespace slimformer {
 namespace gptq {
 
-enum class CudaDType { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using ::slimformer::CudaDType;
 
 // Rows up to which the fused kernel runs; larger M dequantizes and calls cuBLAS through the torch glue.
 constexpr int64_t kCudaFusedMaxRows = 32;

@@ -21,22 +21,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRows = 8;
 
-__device__ __forceinline__ float load_as_float(const void* p, int64_t i, CudaDType dt) {
-  switch (dt) {
-    case CudaDType::kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
-    case CudaDType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-__device__ __forceinline__ void store_from_float(void* p, int64_t i, float v, CudaDType dt) {
-  switch (dt) {
-    case CudaDType::kFloat16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
-    case CudaDType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<float*>(p)[i] = v;
-  }
-}
-
 __device__ __forceinline__ uint8_t group_pair(const uint8_t* mask_row, int64_t g) {
   return pair_of_nibble(mask_row[g / 2] >> (4 * (g % 2)) & 15);
 }

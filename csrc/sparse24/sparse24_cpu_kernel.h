@@ -32,8 +32,24 @@ namespace slimformer {
 namespace sparse24 {
 namespace SF_ISA_NS {
 
+// Lookup tables of the vector kernels: entry n (0-15) the first kept column of nibble n, entry 16 + n the second
+// (kBadNibble where the nibble is not 2:4), the rest 0.
+template <class T, int Size>
+struct PairTable {
+  alignas(64) T v[Size];
+  constexpr PairTable() : v() {
+    for (int n = 0; n < 16; ++n) {
+      v[n] = static_cast<T>(first_of(pair_of_nibble(n)));
+      v[16 + n] = static_cast<T>(second_of(pair_of_nibble(n)));
+    }
+  }
+};
+
 #if defined(__AVX512F__)
 // ------------------------------------------------------------------------------------ AVX-512: 32 inputs a chunk
+inline constexpr PairTable<int32_t, 32> kPairs32{};
+inline constexpr PairTable<uint8_t, 64> kPairs8{};
+
 struct Ops {
   static constexpr int KC = 32;
   static constexpr int R = 4, MB = 4;  // 16 accumulators + 8 activation registers of 32
@@ -56,23 +72,14 @@ struct Ops {
   static W load_w(const void* values, bool bf16, const uint8_t* mask, Bad& bad) {
     // lane i: kept value i of the chunk, in group i / 2; nibble of that group, then its first (even lane) or second
     // (odd lane) column from the 32-entry table, plus 4 * group
-    alignas(64) static const int32_t kTable[32] = {
-#define SF_P(n) first_of(pair_of_nibble(n))
-        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
-        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
-#undef SF_P
-#define SF_P(n) second_of(pair_of_nibble(n))
-        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
-        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
-#undef SF_P
-    };
     const __m512i shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
     const __m512i odd = _mm512_setr_epi32(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16);
     uint32_t bits;
     std::memcpy(&bits, mask, 4);
     const __m512i nib = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), shifts);
     const __m512i sel = _mm512_ternarylogic_epi32(nib, _mm512_set1_epi32(0xF), odd, 0xEA);  // (nib & 15) | odd
-    const __m512i pos = _mm512_permutex2var_epi32(_mm512_load_si512(kTable), sel, _mm512_load_si512(kTable + 16));
+    const __m512i pos =
+        _mm512_permutex2var_epi32(_mm512_load_si512(kPairs32.v), sel, _mm512_load_si512(kPairs32.v + 16));
     bad = _mm512_or_si512(bad, pos);
     const __m512i idx = _mm512_add_epi32(pos, shifts);  // + 4 * group, which is also the nibble's shift
     __m512 val;
@@ -114,16 +121,6 @@ struct OpsBf16 {
   static float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
   static X load_x(const uint16_t* x) { return X{_mm512_loadu_si512(x), _mm512_loadu_si512(x + 32)}; }
   static W load_w(const void* values, bool, const uint8_t* mask, Bad& bad) {
-    alignas(64) static const uint8_t kTable[64] = {
-#define SF_P(n) first_of(pair_of_nibble(n))
-        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
-        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
-#undef SF_P
-#define SF_P(n) second_of(pair_of_nibble(n))
-        SF_P(0), SF_P(1), SF_P(2), SF_P(3), SF_P(4), SF_P(5), SF_P(6), SF_P(7), SF_P(8), SF_P(9), SF_P(10),
-        SF_P(11), SF_P(12), SF_P(13), SF_P(14), SF_P(15),
-#undef SF_P
-    };
     // word j: control byte 4 * (j / 2) (the group's nibble to the low byte), base 4 * (j / 2), odd flag 16
     const __m512i ctrl = _mm512_set_epi16(60, 60, 56, 56, 52, 52, 48, 48, 44, 44, 40, 40, 36, 36, 32, 32, 28, 28, 24,
                                           24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
@@ -132,7 +129,7 @@ struct OpsBf16 {
     std::memcpy(&bits, mask, 8);
     const __m512i nib = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64(static_cast<long long>(bits)));
     const __m512i sel = _mm512_ternarylogic_epi32(nib, _mm512_set1_epi16(0xF), odd, 0xEA);  // (nib & 15) | odd
-    const __m512i pos = _mm512_permutexvar_epi8(sel, _mm512_load_si512(kTable));
+    const __m512i pos = _mm512_permutexvar_epi8(sel, _mm512_load_si512(kPairs8.v));
     bad = _mm512_or_si512(bad, pos);
     return W{_mm512_add_epi16(pos, ctrl), _mm512_loadu_si512(values)};
   }

@@ -6,10 +6,12 @@
 
 #include <cstdint>
 
+#include "common/cuda_dtype.h"
+
 namespace slimformer {
 namespace sparse24 {
 
-enum class CudaDType { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using ::slimformer::CudaDType;
 
 // Rows up to which the sparse kernel runs; larger M decompresses and calls cuBLAS through the torch glue.
 constexpr int64_t kCudaSparseMaxRows = 32;

@@ -88,6 +88,17 @@ def _calibration(args, model, tokenizer, who: str):
     return calib
 
 
+def _save_and_report(model, tokenizer, out_dir, report, what: str):
+    import slimformer
+    from slimformer import evaluate as ev
+
+    slimformer.save_pretrained(model, out_dir, tokenizer=tokenizer)
+    rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
+             "seconds": r.seconds} for r in report]
+    print(ev.markdown_table(rows, ["layer", "in", "out", "rel. error", "seconds"]))
+    print(f"saved {len(report)} {what} layers to {out_dir}")
+
+
 def _sparsify(args):
     import slimformer
     from slimformer import evaluate as ev
@@ -105,11 +116,7 @@ def _sparsify(args):
     calib = None if config.method == "magnitude" else _calibration(args, model, tokenizer, config.method)
     report = []
     model = slimformer.sparsify(model, config, calib, tokenizer=tokenizer, device=args.device, report=report)
-    slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
-    rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
-             "seconds": r.seconds} for r in report]
-    print(ev.markdown_table(rows, ["layer", "in", "out", "rel. error", "seconds"]))
-    print(f"saved {len(report)} {config.n}:{config.m} layers to {args.out_dir}")
+    _save_and_report(model, tokenizer, args.out_dir, report, f"{config.n}:{config.m}")
 
 
 def _quantize(args):
@@ -130,11 +137,7 @@ def _quantize(args):
     calib = _calibration(args, model, tokenizer, "GPTQ (or use --method rtn)") if config.method == "gptq" else None
     report = []
     model = slimformer.quantize(model, config, calib, tokenizer=tokenizer, device=args.device, report=report)
-    slimformer.save_pretrained(model, args.out_dir, tokenizer=tokenizer)
-    rows = [{"layer": r.name, "in": r.in_features, "out": r.out_features, "rel. error": r.error,
-             "seconds": r.seconds} for r in report]
-    print(ev.markdown_table(rows, ["layer", "in", "out", "rel. error", "seconds"]))
-    print(f"saved {len(report)} quantized layers to {args.out_dir}")
+    _save_and_report(model, tokenizer, args.out_dir, report, "quantized")
 
 
 def _eval(args):
@@ -216,6 +219,15 @@ def _bench(args):
     return rows
 
 
+def _calibration_args(p, calib_help: str):
+    p.add_argument("--calib", type=Path, help=calib_help)
+    p.add_argument("--nsamples", type=_positive_int, default=128,
+                   help="calibration windows (causal LMs) or sentences (encoders)")
+    p.add_argument("--seqlen", type=_positive_int, default=512, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--damp", type=float, default=0.01)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slimformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,12 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--static-groups", action="store_true")
     q.add_argument("--asym", action="store_true", help="asymmetric grid (default symmetric)")
     q.add_argument("--method", choices=["gptq", "rtn"], default="gptq")
-    q.add_argument("--calib", type=Path, help="calibration text file (UTF-8)")
-    q.add_argument("--nsamples", type=_positive_int, default=128,
-                   help="calibration windows (causal LMs) or sentences (encoders)")
-    q.add_argument("--seqlen", type=_positive_int, default=512, help="tokens per calibration window")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--damp", type=float, default=0.01)
+    _calibration_args(q, "calibration text file (UTF-8)")
     q.add_argument("--mse", action="store_true", help="MSE shrink search for each group's grid")
     q.add_argument("--asym-calibration", action="store_true",
                    help="GPTQv2: match each layer to the full-precision model's outputs")
@@ -260,12 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--targets", default="ffn",
                    help="'ffn' (feed-forward linears, the default), 'all', or comma-separated name patterns")
     s.add_argument("--skip", action="append", help="module name pattern to keep dense (repeatable)")
-    s.add_argument("--calib", type=Path, help="calibration text file (UTF-8); not needed for magnitude")
-    s.add_argument("--nsamples", type=_positive_int, default=128,
-                   help="calibration windows (causal LMs) or sentences (encoders)")
-    s.add_argument("--seqlen", type=_positive_int, default=512, help="tokens per calibration window")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--damp", type=float, default=0.01)
+    _calibration_args(s, "calibration text file (UTF-8); not needed for magnitude")
     s.add_argument("--asym-calibration", action="store_true",
                    help="SparseGPT toward the full-precision model's outputs (GPTQv2-style asymmetric calibration)")
     s.add_argument("--asym-alpha", type=float, default=0.25, help="strength of the asymmetric correction")

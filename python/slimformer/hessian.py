@@ -46,6 +46,40 @@ class HessianAccumulator:
         self.rows = total
 
 
+def check_weight_and_hessian(weight: torch.Tensor, hessian: torch.Tensor, asym_cross: torch.Tensor | None = None):
+    """Clear errors for a weight [out, in], its Hessian [in, in] and an optional GPTQv2 cross term like H."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D floating-point tensor [out_features, in_features], got "
+                         f"{getattr(weight, 'dtype', type(weight))} of shape {tuple(getattr(weight, 'shape', ()))}")
+    K = weight.shape[1]
+    if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (K, K) or not hessian.is_floating_point():
+        raise ValueError(f"hessian must be a floating-point [{K}, {K}] tensor (in_features of the weight), got "
+                         f"{getattr(hessian, 'dtype', type(hessian))} of shape "
+                         f"{tuple(getattr(hessian, 'shape', ()))}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or Inf")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("hessian contains NaN or Inf (did the calibration activations overflow?)")
+    if asym_cross is not None:
+        if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):
+            raise ValueError(f"asym_cross must be a [{K}, {K}] tensor like the Hessian, got shape "
+                             f"{tuple(getattr(asym_cross, 'shape', ()))}")
+        if not torch.isfinite(asym_cross).all():
+            raise ValueError("asym_cross contains NaN or Inf")
+
+
+def working_copies(weight: torch.Tensor, hessian: torch.Tensor):
+    """fp32 copies (W, H, dead) for a column-by-column solver: inputs the calibration never saw (H_jj = 0) get weight
+    0 in W and H_jj = 1, so H stays invertible; dead marks them."""
+    W = weight.detach().to(torch.float32).clone()
+    H = hessian.detach().to(torch.float32, copy=True).to(W.device)
+    diag = H.diagonal()
+    dead = diag == 0
+    diag[dead] = 1.0
+    W[:, dead] = 0.0
+    return W, H, dead
+
+
 def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, *, max_tries: int = 6):
     """Upper Cholesky factor U of (H + lambda I)^-1, lambda = damp * mean(diag H), computed in fp64.
 

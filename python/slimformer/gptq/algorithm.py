@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import gptq_format
-from ..hessian import HessianAccumulator, inverse_hessian_cholesky, reconstruction_error  # noqa: F401 (re-exported)
+from ..hessian import (HessianAccumulator, check_weight_and_hessian, inverse_hessian_cholesky,  # noqa: F401
+                       reconstruction_error, working_copies)
 from .format import resolve_group_size
 
 
@@ -120,21 +121,6 @@ class GPTQResult:
         return ((self.q.to(torch.float32) - z) * s).t()
 
 
-def _check_weight_and_hessian(weight: torch.Tensor, hessian: torch.Tensor):
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 2-D floating-point tensor [out_features, in_features], got "
-                         f"{getattr(weight, 'dtype', type(weight))} of shape {tuple(getattr(weight, 'shape', ()))}")
-    K = weight.shape[1]
-    if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (K, K) or not hessian.is_floating_point():
-        raise ValueError(f"hessian must be a floating-point [{K}, {K}] tensor (in_features of the weight), got "
-                         f"{getattr(hessian, 'dtype', type(hessian))} of shape "
-                         f"{tuple(getattr(hessian, 'shape', ()))}")
-    if not torch.isfinite(weight).all():
-        raise ValueError("weight contains NaN or Inf")
-    if not torch.isfinite(hessian).all():
-        raise ValueError("hessian contains NaN or Inf (did the calibration activations overflow?)")
-
-
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = True,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
          mse: bool = False, asym_cross: torch.Tensor | None = None, asym_alpha: float = 0.25,
@@ -162,29 +148,17 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     alpha 1 is W*, smaller values trust the calibration set's least-squares fit less. On all-MiniLM-L6-v2 it did a
     little better than the published update (benchmarks/README.md)."""
     gptq_format(bits)
-    _check_weight_and_hessian(weight, hessian)
+    check_weight_and_hessian(weight, hessian, asym_cross)
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if asym_method not in ASYM_METHODS:
         raise ValueError(f"asym_method must be one of {ASYM_METHODS}, got {asym_method!r}")
     if not 0 <= asym_alpha < math.inf:
         raise ValueError(f"asym_alpha must be a finite number >= 0, got {asym_alpha}")
-    if asym_cross is not None:
-        K = weight.shape[1]
-        if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):
-            raise ValueError(f"asym_cross must be a [{K}, {K}] tensor like the Hessian, got shape "
-                             f"{tuple(getattr(asym_cross, 'shape', ()))}")
-        if not torch.isfinite(asym_cross).all():
-            raise ValueError("asym_cross contains NaN or Inf")
     N, K = weight.shape
     gs = resolve_group_size(group_size, K)
     maxq = (1 << bits) - 1
-    W = weight.detach().to(torch.float32).clone()
-    H = hessian.detach().to(torch.float32, copy=True).to(W.device)
-    diag = H.diagonal()
-    dead = diag == 0
-    diag[dead] = 1.0
-    W[:, dead] = 0.0
+    W, H, dead = working_copies(weight, hessian)
     W0, H0 = W.clone(), H.clone()
     D = None
     if asym_cross is not None and asym_alpha != 0:

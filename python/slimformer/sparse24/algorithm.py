@@ -23,7 +23,7 @@ import torch
 from ..formats import gptq_format
 from ..gptq.algorithm import quantization_grid, quantize_to_grid
 from ..gptq.format import resolve_group_size
-from ..hessian import inverse_hessian_cholesky, reconstruction_error
+from ..hessian import check_weight_and_hessian, inverse_hessian_cholesky, reconstruction_error, working_copies
 from . import format as fmt
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
@@ -80,9 +80,8 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, *, n: int = 2, m: int
               mse: bool = False, asym_cross: torch.Tensor | None = None, asym_alpha: float = 0.25) -> PruneResult:
     """SparseGPT N:M on weight [out, in] with the layer's Hessian [in, in] (2/n X^T X); bits: also quantize the kept
     weights with GPTQ's grid (joint pass). See the module docstring."""
-    from ..gptq.algorithm import _check_weight_and_hessian
     fmt.check_nm(n, m)
-    _check_weight_and_hessian(weight, hessian)
+    check_weight_and_hessian(weight, hessian, asym_cross)
     N, K = weight.shape
     fmt.check_in_features(K, m)
     if block_size <= 0 or block_size % m:
@@ -95,21 +94,11 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, *, n: int = 2, m: int
         if gs < K and gs % m:
             raise ValueError(f"group_size must be a multiple of m={m} (or -1), got {group_size}")
         maxq = (1 << bits) - 1
-    W = weight.detach().to(torch.float32).clone()
-    H = hessian.detach().to(torch.float32, copy=True).to(W.device)
-    diag = H.diagonal()
-    dead = diag == 0
-    diag[dead] = 1.0
-    W[:, dead] = 0.0
+    W, H, dead = working_copies(weight, hessian)
     W0, H0 = W.clone(), H.clone()
     U, used_damp = inverse_hessian_cholesky(H, damp)
     del H
     if asym_cross is not None and asym_alpha != 0:
-        if not isinstance(asym_cross, torch.Tensor) or tuple(asym_cross.shape) != (K, K):
-            raise ValueError(f"asym_cross must be a [{K}, {K}] tensor like the Hessian, got shape "
-                             f"{tuple(getattr(asym_cross, 'shape', ()))}")
-        if not bool(torch.isfinite(asym_cross).all()):
-            raise ValueError("asym_cross contains NaN or Inf")
         D = asym_cross.detach().to(torch.float32, copy=True).to(W.device)
         D[:, dead] = 0.0
         W.add_(W.matmul(D).matmul(U.t()).matmul(U), alpha=asym_alpha)
