@@ -40,3 +40,15 @@ def test_bench_sparse24_kernel_runs_every_path():
     isa = slimformer.ops.cpu_features().split()[0].split("=")[1]
     if isa in ("avx512bf16",):
         assert "avx512bf16-bf16" in paths
+
+
+def test_demo_runs_every_variant_and_its_kernels_match(tmp_path, capsys):
+    from slimformer import demo
+    out = tmp_path / "demo.json"
+    demo.main(["--hidden", "128", "--layers", "1", "--vocab", "256", "--reps", "1", "--prompt-len", "16",
+               "--json", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"dense fp32", "int4 g128", "int3 g128", "dense bf16", "2:4 FFN bf16"}
+    assert rows["int4 g128"]["kernel_err"] < 1e-5 and rows["2:4 FFN bf16"]["kernel_err"] < 2e-2
+    assert rows["2:4 FFN bf16"]["linear_mib"] < rows["dense bf16"]["linear_mib"]
+    assert "2:4 FFN bf16" in capsys.readouterr().out
