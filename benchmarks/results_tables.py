@@ -202,7 +202,8 @@ SECTIONS = {
     "bench": lambda: "all-MiniLM-L6-v2, RTN int4 g128 (`slimformer quantize --method rtn`), fp32:\n\n"
     + bench("bench_minilm_zen4.json") + "\n\nLLaMA-shaped, hidden 2048, 4 blocks, vocab 32000, 333M parameters "
     "(random weights; embeddings and lm_head stay dense fp32), RTN int4 g128, fp32:\n\n"
-    + bench("bench_llama2048_zen4.json"),
+    + bench("bench_llama2048_zen4.json") + "\n\nall-MiniLM-L6-v2, feed-forward linears 2:4 (`slimformer sparsify "
+    "--method sparsegpt --asym-calibration --asym-alpha 1`), fp32:\n\n" + bench("bench_minilm24_zen4.json"),
     "quality": quality,
     "sweep": sweep,
     "int8": int8,
