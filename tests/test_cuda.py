@@ -60,3 +60,10 @@ def test_cuda_sparse24_matches_reference(K, N, dtype):
     bad[3, 0] = 0x0F  # a group keeping 4: that row's outputs are NaN on CUDA, the others exact
     y = torch.ops.slimformer.sparse24_gemm(torch.randn(2, K, dtype=dtype).cuda(), values.cuda(), bad.cuda(), None, K)
     assert torch.isnan(y[:, 3]).all() and torch.isfinite(y[:, :3]).all()
+
+
+def test_cuda_sparse24_module():
+    from slimformer import Sparse24Linear
+    layer = Sparse24Linear.from_linear(torch.nn.Linear(96, 40), dtype=torch.bfloat16)
+    x = torch.randn(3, 96).bfloat16()
+    assert rel_err(layer.cuda()(x.cuda()).cpu(), layer.cpu()(x)) < 1e-2

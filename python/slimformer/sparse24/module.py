@@ -99,8 +99,8 @@ class Sparse24Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
-        if self.n == 2 and self.m == 4 and x.device.type == "cpu" and x.dtype in fmt.FLOAT_DTYPES:
-            # the 2:4 kernel (fp16 values are widened to fp32 on each call: store fp32 or bf16 for speed)
+        if self.n == 2 and self.m == 4 and x.device.type in ("cpu", "cuda") and x.dtype in fmt.FLOAT_DTYPES:
+            # the 2:4 kernels (fp16 values are widened to fp32 on each call: store fp32 or bf16 for speed)
             values = self.values if self.values.dtype != torch.float16 else self.values.float()
             return ops.sparse24_gemm(x, values, self.bitmask, self.bias, self.in_features)
         # other N:M ratios and devices without a 2:4 kernel: the dense product
