@@ -28,7 +28,7 @@ constexpr CpuDispatch<CpuKernels> kCpuKernels{
 // M=64 18677 / 17779 / 16367, M=128 36320 / 31304 / 29392 -> tiles from 48; fp32 M=32 17992 / 31634 / 40549, M=64
 // 34728 / 84075 / 61670, M=128 67159 / 80976 / 100106 -> the sparse kernel at every M (half the multiply-adds of
 // the dense fp32 GEMM). SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for both.
-int64_t large_m_threshold(bool bf16_tiles) {
+int64_t large_m_threshold(bool native_bf16) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -36,7 +36,7 @@ int64_t large_m_threshold(bool bf16_tiles) {
                 s, "'");
     return v;
   }
-  return bf16_tiles ? 48 : std::numeric_limits<int64_t>::max();
+  return native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
@@ -61,16 +61,16 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   const bool values_bf16 = values.scalar_type() == at::kBFloat16;
   at::Tensor y;
   std::atomic<bool> ok{true};
-  // bf16 tiles where the level multiplies bf16 natively and both operands are bf16; fp32 tiles otherwise, so fp32
-  // values are never rounded
-  const bool bf16_tiles = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
-  if (M < large_m_threshold(bf16_tiles)) {
+  // Both operands bf16 on a level that multiplies bf16 natively: the bf16 sparse kernel, and bf16 tiles for the
+  // dense GEMM. Otherwise fp32 arithmetic (and fp32 tiles, so fp32 values are never rounded).
+  const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
+  if (M < large_m_threshold(native_bf16)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
                   y.data_ptr<float>()};
     at::Tensor xin;
     auto fn = kern.gemm;
-    if (kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16) {
+    if (native_bf16) {
       xin = x.reshape({M, K}).contiguous();
       args.xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
       fn = kern.gemm_bf16;
@@ -82,7 +82,7 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
       if (!fn(args, n0, n1)) ok = false;
     });
   } else {
-    const at::ScalarType dt = bf16_tiles ? at::kBFloat16 : at::kFloat;
+    const at::ScalarType dt = native_bf16 ? at::kBFloat16 : at::kFloat;
     const at::Tensor x2 = x.reshape({M, K}).to(dt).contiguous();
     y = at::empty({M, N}, x.options().dtype(dt));
     at::Tensor tile = at::empty({std::min(N, kDenseTileRows), K}, x.options().dtype(dt));
