@@ -99,10 +99,9 @@ def _load(layer: Sparse24Linear, name: str, tensors: dict, block: dict):
     if bitmask.dtype != torch.uint8:
         raise CheckpointError(f"{name}.bitmask must be uint8 (packed bits), got {bitmask.dtype}")
     try:
-        dense = fmt.decompress(values, bitmask, (out_f, in_f), layer.n, layer.m)
+        fmt.check_compressed(values, bitmask, (out_f, in_f), layer.n, layer.m)
     except ValueError as e:
         raise CheckpointError(f"{name}: {e}") from None
-    del dense
     layer.values = values.to(layer.values.dtype).contiguous()
     layer.bitmask = bitmask.contiguous()
     if "bias" in tensors:

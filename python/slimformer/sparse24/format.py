@@ -94,8 +94,8 @@ def compress(weight: torch.Tensor, mask: torch.Tensor, n: int = 2, m: int = 4) -
     return values, pack_bitmask(mask)
 
 
-def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape, n: int = 2, m: int = 4) -> torch.Tensor:
-    """The dense weight [out, in] (zeros where pruned) in values' dtype; checks that bitmask is N:M."""
+def check_compressed(values: torch.Tensor, bitmask: torch.Tensor, shape, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Checks that values and bitmask are an N:M weight of this shape; returns the bool mask [out, in]."""
     rows, cols = (int(s) for s in shape)
     check_nm(n, m)
     check_in_features(cols, m)
@@ -107,7 +107,13 @@ def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape, n: int = 2, m
     mask = unpack_bitmask(bitmask, cols)
     if not is_nm(mask, n, m):
         raise ValueError(f"bitmask is not {n}:{m}: every group of {m} consecutive inputs must keep exactly {n}")
-    dense = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
+    return mask
+
+
+def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape, n: int = 2, m: int = 4) -> torch.Tensor:
+    """The dense weight [out, in] (zeros where pruned) in values' dtype; checks that bitmask is N:M."""
+    mask = check_compressed(values, bitmask, shape, n, m)
+    dense = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
     dense[mask] = values.reshape(-1)
     return dense
 
