@@ -202,8 +202,8 @@ def minilm_table(nsamples: int, n_eval: int, configs: list[str] | None = None, s
     return rows
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def common_arguments(p: argparse.ArgumentParser):
+    """The options every quality script shares: the tiny LM's training and calibration, MiniLM's sentence counts."""
     p.add_argument("--workdir", type=Path, default=HERE.parent / ".cache")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seqlen", type=int, default=128)
@@ -211,6 +211,11 @@ def main():
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--minilm-eval", type=int, default=500, help="held-out sentences scored")
     p.add_argument("--minilm-calib", type=int, default=512, help="calibration sentences")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(p)
     p.add_argument("--minilm-configs", nargs="+", metavar="JSON",
                    help='MiniLM only, these GPTQConfig settings instead of the standard rows (a sweep), e.g. '
                         '\'{"bits": 3, "desc_act": true, "mse": true}\'; scored on the selection text only, saved to '

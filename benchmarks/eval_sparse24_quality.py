@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 import slimformer
 from slimformer import evaluate as ev
 
-from eval_gptq_quality import HERE, corpus, train_tiny_lm, unseen_text
+from eval_gptq_quality import HERE, common_arguments, corpus, train_tiny_lm, unseen_text
 
 ALPHAS = (0.25, 0.5, 1.0)  # SparseGPT asymmetric-calibration strengths tried on the selection text
 
@@ -112,13 +112,7 @@ def tiny_lm(workdir: Path, steps: int, seqlen: int, batch: int, nsamples: int):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=HERE.parent / ".cache")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seqlen", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--nsamples", type=int, default=128)
-    p.add_argument("--minilm-eval", type=int, default=500)
-    p.add_argument("--minilm-calib", type=int, default=512)
+    common_arguments(p)
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-lm", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "results" / "sparse24_quality.json")
