@@ -2,10 +2,13 @@
 // Streams `layers` distinct random 2:4 weights (more than fit in the last-level cache) and reports the median time
 // per layer, the effective read bandwidth of the compressed weight (values + bitmask) and the GFLOP/s counted on
 // the kept weights, for each ISA path the CPU supports: fp32 activations with fp32 and bf16 values ("-f32" /
-// "-bf16v") and, where the level has it, bf16 activations and values ("-bf16").
+// "-bf16v") and, where the level has it, bf16 activations and values ("-bf16"); and 2:4 + int4 (group 128, fp16
+// scales) the way the op runs it, 8 rows dequantized into a buffer then the sparse kernel on them: "-int4-f32"
+// (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16).
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
 //                              [--isa scalar|avx2|avx512|avx512bf16] [--json]
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -83,6 +86,13 @@ int main(int argc, char** argv) {
       vb[l][i] = static_cast<uint16_t>(b >> 16);
     }
   }
+  // 2:4 + int4: random codes, fp16 scales 0.01 (0x211F), symmetric zeros
+  const int64_t G = (K + 127) / 128;
+  std::vector<std::vector<uint8_t>> q4(o.layers, std::vector<uint8_t>(N * K / 4));
+  std::vector<uint16_t> scales(N * G, 0x211F);
+  std::vector<uint8_t> zeros(N * G, 8);
+  for (auto& q : q4)
+    for (auto& b : q) b = static_cast<uint8_t>(rng());
   std::vector<float> x(M * K), y(M * N);
   std::vector<uint16_t> xb(M * K);
   for (int64_t i = 0; i < M * K; ++i) {
@@ -111,32 +121,51 @@ int main(int argc, char** argv) {
   };
   if (!o.json)
     std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
-  enum Kind { kF32, kBf16Values, kBf16 };
+  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16 };
   for (const Path& p : paths)
-    for (const Kind kind : {kF32, kBf16Values, kBf16}) {
+    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16}) {
       if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
       const CpuKernels& kern = p.kern();
-      if (kind == kBf16 && kern.gemm_bf16 == nullptr) continue;
+      if ((kind == kBf16 || kind == kInt4Bf16) && kern.gemm_bf16 == nullptr) continue;
+      const bool int4 = kind == kInt4F32 || kind == kInt4Bf16;
       std::vector<GemmArgs> args(o.layers);
       for (int64_t l = 0; l < o.layers; ++l)
         args[l] = GemmArgs{M, K, N, x.data(), xb.data(),
                            kind == kF32 ? static_cast<const void*>(vf[l].data()) : vb[l].data(), kind != kF32,
                            masks[l].data(), y.data()};
-      auto fn = kind == kBf16 ? kern.gemm_bf16 : kern.gemm;
+      auto fn = kind == kBf16 || kind == kInt4Bf16 ? kern.gemm_bf16 : kern.gemm;
       bool ok = true;
       const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
+      constexpr int64_t kBlock = 8;  // as the op (sparse24_cpu_ops.cpp, Int4Values)
+      std::vector<std::vector<uint8_t>> bufs(o.threads, std::vector<uint8_t>(kBlock * (K / 2) * 4));
       const double ms = median_ms_per_layer(
           [&](int64_t th, int64_t layer) {
-            if (!fn(args[layer], N * th / o.threads, N * (th + 1) / o.threads)) ok = false;
+            const int64_t n0 = N * th / o.threads, n1 = N * (th + 1) / o.threads;
+            if (!int4) {
+              if (!fn(args[layer], n0, n1)) ok = false;
+              return;
+            }
+            const Int4Args q{K, N, 128, G, q4[layer].data(), scales.data(), ScaleType::kHalf, zeros.data()};
+            GemmArgs a = args[layer];
+            a.values_bf16 = kind == kInt4Bf16;
+            for (int64_t r0 = n0; r0 < n1; r0 += kBlock) {
+              const int64_t r1 = std::min(r0 + kBlock, n1);
+              kern.dequant_int4(q, r0, r1, bufs[th].data(), a.values_bf16);
+              a.values = bufs[th].data();
+              a.values_row0 = r0;
+              if (!fn(a, r0, r1)) ok = false;
+            }
           },
           o.layers, o.threads, iters);
       if (!ok) {
         std::fprintf(stderr, "%s: the kernel reported a mask that is not 2:4\n", p.name);
         return 1;
       }
-      const std::string name =
-          std::string(p.name) + (kind == kF32 ? "-f32" : kind == kBf16Values ? "-bf16v" : "-bf16");
-      const double bytes = double(N) * (K / 2) * (kind == kF32 ? 4 : 2) + double(N) * KB;
+      static const char* const kSuffix[] = {"-f32", "-bf16v", "-bf16", "-int4-f32", "-int4-bf16"};
+      const std::string name = std::string(p.name) + kSuffix[kind];
+      // bytes read from memory: values (or codes + fp16 scales + zeros) and the bitmask
+      const double bytes = (int4 ? double(N) * (K / 4) + 3.0 * N * G : double(N) * (K / 2) * (kind == kF32 ? 4 : 2)) +
+                           double(N) * KB;
       const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
       if (o.json)
         std::printf("{\"path\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"us_per_layer\": %.1f, "

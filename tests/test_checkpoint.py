@@ -233,7 +233,7 @@ def test_broken_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="safetensors"):
         slimformer.load_pretrained(d)
     dense_model = tiny("llama")
-    with pytest.raises(ValueError, match=r"no compressed layers \(QuantLinear, Sparse24Linear\)"):
+    with pytest.raises(ValueError, match=r"no compressed layers \(QuantLinear, Sparse24Linear, Sparse24QuantLinear\)"):
         slimformer.save_pretrained(dense_model, tmp_path / "dense")
 
 

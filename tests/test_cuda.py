@@ -62,6 +62,24 @@ def test_cuda_sparse24_matches_reference(K, N, dtype):
     assert torch.isnan(y[:, 3]).all() and torch.isfinite(y[:, :3]).all()
 
 
+@pytest.mark.parametrize("K,N,gs", [(40, 67, 8), (264, 33, -1), (4096, 256, 128)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_sparse24_int4_matches_reference(K, N, gs, dtype):
+    from slimformer import Sparse24QuantLinear
+    from slimformer.sparse24 import format as S
+    layer = Sparse24QuantLinear.from_dense(torch.randn(N, K), bias=torch.randn(N), group_size=gs, sym=N % 2 == 0)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 2e-5}[dtype]
+    on = [t.cuda() for t in (layer.qvalues, layer.bitmask, layer.scales, layer.zeros)]
+    for M in (1, 7, 32, 33, 130):
+        x = torch.randn(M, K).to(dtype)
+        ref = S.reference_int4_gemm(x.double(), layer.qvalues, layer.bitmask, layer.scales, layer.zeros,
+                                    layer.bias.double(), K, gs)
+        y = torch.ops.slimformer.sparse24_int4_gemm(x.cuda(), *on, layer.bias.to(dtype).cuda(), K, gs)
+        assert y.dtype == dtype and y.device.type == "cuda"
+        assert rel_err(y.cpu(), ref) < tol, (M, rel_err(y.cpu(), ref))
+    assert rel_err(layer.cuda()(x.cuda()).cpu(), layer.cpu()(x)) < tol
+
+
 def test_cuda_sparse24_module():
     from slimformer import Sparse24Linear
     layer = Sparse24Linear.from_linear(torch.nn.Linear(96, 40), dtype=torch.bfloat16)

@@ -6,6 +6,7 @@
 //   per pass in registers; the warp sums with shuffles and lane 0 adds the bias and stores in the output dtype.
 //   Reads of values (2 per group) are coalesced across lanes.
 // * Large M: a decompress kernel writes the dense W [N, K] and the caller uses cuBLAS.
+// * 2:4 + int4: a dequantize kernel writes the kept values [N, K/2] (one thread per kept value), then the above.
 // The next step is the sparse tensor cores (mma.sp.m16n8k32 for bf16/fp16, the metadata reordered into the
 // layout the instruction wants), checked against these kernels on a GPU.
 #include <cuda_bf16.h>
@@ -79,7 +80,31 @@ __global__ void decompress_kernel(const void* __restrict__ values, CudaDType vdt
   for (int c = 0; c < 4; ++c) store_from_float(dense, n * K + 4 * g + c, out[c], ddt);
 }
 
+__global__ void dequant_int4_kernel(const uint8_t* __restrict__ qvalues, const void* __restrict__ scales,
+                                    CudaDType sdt, const uint8_t* __restrict__ zeros, void* __restrict__ values,
+                                    CudaDType odt, int64_t K, int64_t N, int64_t group_size, int64_t groups) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (row, kept value)
+  const int64_t KV = K / 2;
+  if (i >= N * KV) return;
+  const int64_t n = i / KV, j = i % KV, g = (j / 2 * 4) / group_size;
+  const int code = qvalues[n * (K / 4) + j / 2] >> (4 * (j & 1)) & 15;
+  const float v = (static_cast<float>(code) - static_cast<float>(zeros[n * groups + g])) *
+                  load_as_float(scales, n * groups + g, sdt);
+  store_from_float(values, i, v, odt);
+}
+
 }  // namespace
+
+cudaError_t launch_dequant_int4(const uint8_t* qvalues, const void* scales, CudaDType sdt, const uint8_t* zeros,
+                                void* values, CudaDType odt, int64_t K, int64_t N, int64_t group_size, int64_t groups,
+                                cudaStream_t stream) {
+  const int64_t n = N * (K / 2);
+  if (n == 0) return cudaSuccess;
+  const int threads = 256;
+  dequant_int4_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+      qvalues, scales, sdt, zeros, values, odt, K, N, group_size, groups);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_gemm(const void* x, CudaDType xdt, const void* values, CudaDType vdt, const uint8_t* bitmask,
                         const void* bias, CudaDType bdt, void* y, CudaDType ydt, int64_t M, int64_t K, int64_t N,

@@ -19,10 +19,24 @@ struct GemmArgs {
   int64_t M, K, N;
   const float* x;  // [M, K] fp32, row-major (the glue converts bf16/fp16 activations once per call), for gemm
   const uint16_t* xb;  // [M, K] bf16 activations, for gemm_bf16
-  const void* values;  // [N, K/2]
+  const void* values;  // [N, K/2] (or the rows from values_row0 on)
   bool values_bf16;  // else fp32
   const uint8_t* bitmask;  // [N, ceil(K/8)]
   float* y;  // [M, N] fp32 (ld N)
+  int64_t values_row0 = 0;  // the row of W whose values `values` points at (a block of dequantized rows)
+};
+
+// 2:4 + int4 (format.py): qvalues [N, K/4] two 4-bit codes a byte (kept value j of a row in byte j / 2, the low
+// nibble for even j), scales [N, groups] (fp32, bf16 or fp16) and zeros uint8 [N, groups], a group being group_size
+// input columns (group_size / 2 kept values; a multiple of 4). Kept value = (code - zero) * scale, computed in fp32
+// exactly as format.dequantize_int4_values does (one rounding, of the product).
+enum class ScaleType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+struct Int4Args {
+  int64_t K, N, group_size, groups;
+  const uint8_t* qvalues;
+  const void* scales;
+  ScaleType scale_type;
+  const uint8_t* zeros;
 };
 
 struct DecompressArgs {
@@ -32,6 +46,7 @@ struct DecompressArgs {
   const uint8_t* bitmask;
   void* dense;  // [rows, K] for the rows asked for, starting at row n0's
   bool dense_bf16;  // else fp32
+  int64_t values_row0 = 0;  // as in GemmArgs
 };
 
 struct CpuKernels {
@@ -41,6 +56,9 @@ struct CpuKernels {
   bool (*decompress)(const DecompressArgs& a, int64_t n0, int64_t n1);
   // as gemm, for bf16 activations (a.xb) and bf16 values, where the level has such a kernel (else nullptr)
   bool (*gemm_bf16)(const GemmArgs& a, int64_t n0, int64_t n1);
+  // the kept values of rows [n0, n1) of a 2:4 + int4 weight, dequantized into out [n1 - n0, K/2] (bf16 when
+  // out_bf16, rounded to nearest even, else fp32): what gemm / gemm_bf16 / decompress then read as `values`
+  void (*dequant_int4)(const Int4Args& q, int64_t n0, int64_t n1, void* out, bool out_bf16);
 };
 
 const CpuKernels& cpu_kernels_scalar();

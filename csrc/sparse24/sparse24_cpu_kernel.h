@@ -256,7 +256,7 @@ void gemm_tile(const GemmArgs& a, const typename Ops::XElem* x, int64_t n0, int6
   const uint8_t* vrow[R];
   const uint8_t* mrow[R];
   for (int r = 0; r < R; ++r) {
-    vrow[r] = static_cast<const uint8_t*>(a.values) + (n0 + r) * KV * vsize;
+    vrow[r] = static_cast<const uint8_t*>(a.values) + (n0 + r - a.values_row0) * KV * vsize;
     mrow[r] = a.bitmask + (n0 + r) * KB;
   }
   const typename Ops::XElem* xrow = x + m0 * K;
@@ -402,7 +402,7 @@ bool decompress_rows(const DecompressArgs& a, int64_t n0, int64_t n1) {
   bool ok = true;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* mask = a.bitmask + n * KB;
-    const uint8_t* v = static_cast<const uint8_t*>(a.values) + n * KV * vsize;
+    const uint8_t* v = static_cast<const uint8_t*>(a.values) + (n - a.values_row0) * KV * vsize;
     uint8_t* d = static_cast<uint8_t*>(a.dense) + (n - n0) * K * dsize;
     for (int64_t c = 0; c < full; ++c) {
       uint64_t bits;
@@ -432,10 +432,20 @@ inline bool decompress(const DecompressArgs& a, int64_t n0, int64_t n1) {
   return a.dense_bf16 ? decompress_rows<false, true>(a, n0, n1) : decompress_rows<false, false>(a, n0, n1);
 }
 
+}  // namespace SF_ISA_NS
+}  // namespace sparse24
+}  // namespace slimformer
+
+#include "sparse24/sparse24_cpu_int4.h"
+
+namespace slimformer {
+namespace sparse24 {
+namespace SF_ISA_NS {
+
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &dequant_int4}; }
 #else
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &dequant_int4}; }
 #endif
 
 }  // namespace SF_ISA_NS

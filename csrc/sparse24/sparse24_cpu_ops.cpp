@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common/cpu_dispatch.h"
 #include "common/cpu_isa.h"
@@ -48,17 +49,36 @@ constexpr int64_t kRowGrain = 32;
 constexpr const char* kNot24 =
     "bitmask is not 2:4: some group of 4 consecutive inputs does not keep exactly 2 (a corrupt or non-2:4 mask)";
 
-at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& bitmask_in,
-                             const c10::optional<at::Tensor>& bias, int64_t in_features) {
-  const int64_t K = in_features;
-  check_inputs(x, values_in, bitmask_in, bias, K);
-  const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
-  const int64_t N = values.size(0), M = x.numel() / K;
+// Where the values of a block of W's rows come from: the values tensor itself (PlainValues), or a buffer the rows'
+// 2:4 + int4 codes are dequantized into (Int4Values, a few rows at a time so the buffer stays in L2).
+struct PlainValues {
+  static constexpr int64_t kBlockRows = std::numeric_limits<int64_t>::max();
+  const uint8_t* base;
+  int64_t row_bytes;
+  const void* rows(int64_t n0, int64_t, std::vector<uint8_t>&) const { return base + n0 * row_bytes; }
+};
+struct Int4Values {
+  // 8 rows of 11008 inputs are 176 KiB of fp32 values, 88 KiB bf16
+  static constexpr int64_t kBlockRows = 8;
+  const CpuKernels* kern;
+  Int4Args q;
+  bool bf16;
+  const void* rows(int64_t n0, int64_t n1, std::vector<uint8_t>& buf) const {
+    buf.resize(static_cast<size_t>((n1 - n0) * (q.K / 2) * (bf16 ? 2 : 4)));
+    kern->dequant_int4(q, n0, n1, buf.data(), bf16);
+    return buf.data();
+  }
+};
+
+// y = x @ W^T (+ bias) with W's values from `vals` (bf16 or fp32 as values_bf16 says) and the bitmask.
+template <class Values>
+at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16, const uint8_t* bitmask, int64_t K,
+                       int64_t N, const c10::optional<at::Tensor>& bias) {
+  const int64_t M = x.numel() / K;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
   if (M == 0) return at::empty(out_shape, x.options());
   const CpuKernels& kern = kCpuKernels.active();
-  const bool values_bf16 = values.scalar_type() == at::kBFloat16;
   at::Tensor y;
   std::atomic<bool> ok{true};
   // Both operands bf16 on a level that multiplies bf16 natively: the bf16 sparse kernel, and bf16 tiles for the
@@ -66,8 +86,7 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
   if (M < large_m_threshold(native_bf16)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
-    GemmArgs args{M, K, N, nullptr, nullptr, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(),
-                  y.data_ptr<float>()};
+    GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, bitmask, y.data_ptr<float>()};
     at::Tensor xin;
     auto fn = kern.gemm;
     if (native_bf16) {
@@ -79,7 +98,14 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
       args.x = xin.data_ptr<float>();
     }
     at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
-      if (!fn(args, n0, n1)) ok = false;
+      std::vector<uint8_t> buf;
+      GemmArgs a = args;
+      for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
+        const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
+        a.values = vals.rows(r0, r1, buf);
+        a.values_row0 = r0;
+        if (!fn(a, r0, r1)) ok = false;
+      }
     });
   } else {
     const at::ScalarType dt = native_bf16 ? at::kBFloat16 : at::kFloat;
@@ -88,12 +114,15 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
     at::Tensor tile = at::empty({std::min(N, kDenseTileRows), K}, x.options().dtype(dt));
     for (int64_t t0 = 0; t0 < N && ok; t0 += kDenseTileRows) {
       const int64_t rows = std::min(kDenseTileRows, N - t0);
-      const DecompressArgs args{K, N, values.data_ptr(), values_bf16, bitmask.data_ptr<uint8_t>(), nullptr,
-                                dt == at::kBFloat16};
       at::parallel_for(t0, t0 + rows, 16, [&](int64_t n0, int64_t n1) {
-        DecompressArgs a = args;
-        a.dense = static_cast<uint8_t*>(tile.data_ptr()) + (n0 - t0) * K * tile.element_size();
-        if (!kern.decompress(a, n0, n1)) ok = false;
+        std::vector<uint8_t> buf;
+        for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
+          const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
+          DecompressArgs a{K, N, vals.rows(r0, r1, buf), values_bf16, bitmask,
+                           static_cast<uint8_t*>(tile.data_ptr()) + (r0 - t0) * K * tile.element_size(),
+                           dt == at::kBFloat16, r0};
+          if (!kern.decompress(a, r0, r1)) ok = false;
+        }
       });
       y.narrow(1, t0, rows).copy_(at::mm(x2, tile.narrow(0, 0, rows).t()));
     }
@@ -103,9 +132,42 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   return y.to(x.scalar_type()).view(out_shape);
 }
 
+at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& bitmask_in,
+                             const c10::optional<at::Tensor>& bias, int64_t in_features) {
+  const int64_t K = in_features;
+  check_inputs(x, values_in, bitmask_in, bias, K);
+  const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
+  const bool values_bf16 = values.scalar_type() == at::kBFloat16;
+  const PlainValues vals{static_cast<const uint8_t*>(values.data_ptr()), (K / 2) * values.element_size()};
+  return sparse_gemm(x, vals, values_bf16, bitmask.data_ptr<uint8_t>(), K, values.size(0), bias);
+}
+
+at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& qvalues_in, const at::Tensor& bitmask_in,
+                                  const at::Tensor& scales_in, const at::Tensor& zeros_in,
+                                  const c10::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
+  const int64_t K = in_features;
+  const int64_t gs = check_int4_inputs(x, qvalues_in, bitmask_in, scales_in, zeros_in, bias, K, group_size);
+  const at::Tensor qvalues = qvalues_in.contiguous(), bitmask = bitmask_in.contiguous(),
+                   scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
+  const CpuKernels& kern = kCpuKernels.active();
+  // bf16 values where the level multiplies bf16 natively and x is bf16 (as for 2:4 with bf16 values), else fp32
+  const bool bf16 = kern.gemm_bf16 != nullptr && x.scalar_type() == at::kBFloat16;
+  const ScaleType st = scales.scalar_type() == at::kFloat    ? ScaleType::kFloat
+                       : scales.scalar_type() == at::kBFloat16 ? ScaleType::kBFloat16
+                                                                : ScaleType::kHalf;
+  const Int4Values vals{&kern,
+                        Int4Args{K, qvalues.size(0), gs, scales.size(1), qvalues.data_ptr<uint8_t>(),
+                                 scales.data_ptr(), st, zeros.data_ptr<uint8_t>()},
+                        bf16};
+  return sparse_gemm(x, vals, bf16, bitmask.data_ptr<uint8_t>(), K, qvalues.size(0), bias);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(slimformer, CPU, m) { m.impl("sparse24_gemm", &sparse24_gemm_cpu); }
+TORCH_LIBRARY_IMPL(slimformer, CPU, m) {
+  m.impl("sparse24_gemm", &sparse24_gemm_cpu);
+  m.impl("sparse24_int4_gemm", &sparse24_int4_gemm_cpu);
+}
 
 }  // namespace sparse24
 }  // namespace slimformer

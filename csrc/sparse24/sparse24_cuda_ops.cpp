@@ -27,7 +27,7 @@ void check_cuda(cudaError_t err, const char* what) {
 at::Tensor sparse24_gemm_cuda(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& bitmask_in,
                               const c10::optional<at::Tensor>& bias, int64_t in_features) {
   const int64_t K = in_features;
-  check_inputs(x, values_in, bitmask_in, bias, K);
+  check_inputs(x, values_in, bitmask_in, bias, K, /*half_values=*/true);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
   const int64_t N = values.size(0), M = x.numel() / K;
@@ -56,9 +56,30 @@ at::Tensor sparse24_gemm_cuda(const at::Tensor& x, const at::Tensor& values_in, 
   return out.view(out_shape);
 }
 
+// 2:4 + int4: the kept values dequantized (in x's dtype for fp16/bf16 x, else fp32), then the 2:4 path above.
+at::Tensor sparse24_int4_gemm_cuda(const at::Tensor& x, const at::Tensor& qvalues_in, const at::Tensor& bitmask,
+                                   const at::Tensor& scales_in, const at::Tensor& zeros_in,
+                                   const c10::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
+  const int64_t K = in_features;
+  const int64_t gs = check_int4_inputs(x, qvalues_in, bitmask, scales_in, zeros_in, bias, K, group_size);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor qvalues = qvalues_in.contiguous(), scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
+  const int64_t N = qvalues.size(0);
+  // the kept values in x's dtype (fp32 stays exact; fp16/bf16 round once, as the product would anyway)
+  const at::Tensor values = at::empty({N, K / 2}, x.options());
+  check_cuda(launch_dequant_int4(qvalues.data_ptr<uint8_t>(), scales.data_ptr(), cuda_dtype(scales),
+                                 zeros.data_ptr<uint8_t>(), values.data_ptr(), cuda_dtype(values), K, N, gs,
+                                 scales.size(1), c10::cuda::getCurrentCUDAStream()),
+             "sparse24 int4 dequantize kernel");
+  return sparse24_gemm_cuda(x, values, bitmask, bias, in_features);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(slimformer, CUDA, m) { m.impl("sparse24_gemm", &sparse24_gemm_cuda); }
+TORCH_LIBRARY_IMPL(slimformer, CUDA, m) {
+  m.impl("sparse24_gemm", &sparse24_gemm_cuda);
+  m.impl("sparse24_int4_gemm", &sparse24_int4_gemm_cuda);
+}
 
 }  // namespace sparse24
 }  // namespace slimformer

@@ -10,7 +10,7 @@ from .gptq.config import GPTQConfig
 from .gptq.model import quantize
 from .hf.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .hf import replace_linear
-from .sparse24 import Sparse24Config, Sparse24Linear, prune_weight, sparsify
+from .sparse24 import Sparse24Config, Sparse24Linear, Sparse24QuantLinear, prune_weight, sparsify
 
 __version__ = "0.1.0"
 
@@ -21,5 +21,5 @@ except ImportError:  # transformers missing: kernels and modules still work
 else:
     _register_with_transformers()
 __all__ = ["QuantLinear", "quantize_weight", "set_activation_mode", "GPTQConfig", "quantize", "save_pretrained", "load_pretrained",
-           "CheckpointError", "replace_linear", "Sparse24Linear", "Sparse24Config", "sparsify", "prune_weight",
+           "CheckpointError", "replace_linear", "Sparse24Linear", "Sparse24QuantLinear", "Sparse24Config", "sparsify", "prune_weight",
            "ops", "FORMATS", "WeightFormat", "get_format", "__version__"]

@@ -55,7 +55,7 @@ class CheckpointMethod:
     """One compression method's checkpoint format.
 
     name          registry key and the key of the method's block in a mixed config
-    module_type   the module class of its compressed layers (what save_pretrained looks for)
+    module_type   the module class of its compressed layers (what save_pretrained looks for), or a tuple of them
     leaves        every tensor leaf a layer may own: `<layer>.<leaf>` in the weights
     required      the leaves every layer has (a layer is complete, and loaded, once these have been read)
     marker        the leaf that marks a layer of this method in a single-method checkpoint
@@ -68,7 +68,7 @@ class CheckpointMethod:
     read_legacy   (directory) -> block or None: a config block kept outside config.json (older layouts), or None
     """
     name: str
-    module_type: type
+    module_type: type | tuple[type, ...]
     leaves: tuple[str, ...]
     required: tuple[str, ...]
     marker: str
@@ -204,7 +204,8 @@ def save_pretrained(model: nn.Module, save_directory, *, max_shard_size="4GB", t
         raise NotADirectoryError(f"save_directory {save_directory} exists and is not a directory")
     layers = compressed_layers(model)
     if not layers:
-        kinds = ", ".join(row.module_type.__name__ for row in METHODS.values())
+        kinds = ", ".join(t.__name__ for row in METHODS.values()
+                          for t in (row.module_type if isinstance(row.module_type, tuple) else (row.module_type,)))
         raise ValueError(f"{type(model).__name__} has no compressed layers ({kinds}): compress it first "
                          "(slimformer.quantize, slimformer.sparsify)")
     blocks = {name: METHODS[name].config_block(model, group) for name, group in layers.items()}

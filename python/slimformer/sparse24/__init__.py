@@ -3,8 +3,8 @@ SparseGPT (algorithm.py), the module (module.py), whole-model pruning (model.py)
 sparse-24-bitmask checkpoint layout (checkpoint.py)."""
 from .algorithm import PruneResult, magnitude_prune, prune_weight, sparsegpt, wanda_prune
 from .model import Sparse24Config, sparsify
-from .module import Sparse24Linear
+from .module import Sparse24Linear, Sparse24QuantLinear
 from . import checkpoint as _checkpoint  # noqa: F401 (registers the sparse-24-bitmask checkpoint format)
 
-__all__ = ["Sparse24Linear", "Sparse24Config", "sparsify", "prune_weight", "sparsegpt", "wanda_prune",
+__all__ = ["Sparse24Linear", "Sparse24QuantLinear", "Sparse24Config", "sparsify", "prune_weight", "sparsegpt", "wanda_prune",
            "magnitude_prune", "PruneResult"]

@@ -128,3 +128,102 @@ def reference_gemm(x: torch.Tensor, values: torch.Tensor, bitmask: torch.Tensor,
     if bias is not None:
         y = y + bias.to(acc)
     return y.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------- 2:4 + int4
+# The kept values of a 2:4 weight quantized with GPTQ's grid (the joint SparseGPT + GPTQ pass):
+#   qvalues  uint8 [out, in / 4]   the 4-bit codes (0..15) of each row's kept values in column order, two per byte,
+#            kept value j in byte j // 2, the low nibble for even j (so the bytes read as little-endian int32 are
+#            compressed-tensors' pack-quantized words of 8 codes, lowest code in the lowest bits)
+#   bitmask  as above
+#   scales   [out, ceil(in / group_size)] fp16 / bf16 / fp32, one per group_size consecutive *input columns* (the
+#            dense weight's columns, as GPTQ groups them; a group of 4 columns never straddles two quantization
+#            groups since group_size is a multiple of 4), so a quantization group holds group_size / 2 kept values
+#   zeros    uint8 [out, ceil(in / group_size)] the zero points (8 for GPTQ's symmetric grid)
+# A kept weight is (code - zero) * scale; the pruned weights are 0.
+INT4_BITS = 4
+
+
+def check_int4_group_size(group_size: int, in_features: int) -> int:
+    """The group size in input columns (-1 -> in_features), checked: a positive multiple of 4."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    gs = in_features if group_size == -1 else group_size
+    if gs <= 0 or gs % 4:
+        raise ValueError(f"2:4 + int4 groups must be a positive multiple of 4 input columns (or -1), got {group_size}")
+    return gs
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Integer codes [rows, cols] in 0..15 (cols even) -> uint8 [rows, cols / 2], low nibble the even column."""
+    if codes.dim() != 2 or codes.shape[1] % 2:
+        raise ValueError(f"codes must be 2-D with an even number of columns, got shape {tuple(codes.shape)}")
+    c = codes.to(torch.int32)
+    if bool(((c < 0) | (c > 15)).any()):
+        raise ValueError("int4 codes must lie in 0..15")
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [rows, n] -> int32 codes [rows, 2 n] (inverse of pack_int4)."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"packed int4 codes must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    p = packed.to(torch.int32)
+    return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)
+
+
+def check_int4(qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, shape,
+               group_size: int) -> torch.Tensor:
+    """Checks a 2:4 + int4 weight of this shape [out, in]; returns the bool mask [out, in]."""
+    rows, cols = (int(s) for s in shape)
+    check_in_features(cols, 4)
+    gs = check_int4_group_size(group_size, cols)
+    groups = -(-cols // gs)
+    if qvalues.dtype != torch.uint8 or tuple(qvalues.shape) != (rows, cols // 4):
+        raise ValueError(f"qvalues of a 2:4 + int4 [{rows}, {cols}] weight must be uint8 [{rows}, {cols // 4}], got "
+                         f"{qvalues.dtype} {tuple(qvalues.shape)}")
+    if scales.dtype not in FLOAT_DTYPES or tuple(scales.shape) != (rows, groups):
+        raise ValueError(f"scales must be fp32/bf16/fp16 [{rows}, {groups}] (group_size {gs}), got {scales.dtype} "
+                         f"{tuple(scales.shape)}")
+    if zeros.dtype != torch.uint8 or tuple(zeros.shape) != (rows, groups):
+        raise ValueError(f"zeros must be uint8 [{rows}, {groups}], got {zeros.dtype} {tuple(zeros.shape)}")
+    if bool((zeros > 15).any()):
+        raise ValueError("int4 zero points must lie in 0..15")
+    if bitmask.dim() != 2 or bitmask.shape[0] != rows:
+        raise ValueError(f"bitmask must have {rows} rows, got shape {tuple(bitmask.shape)}")
+    mask = unpack_bitmask(bitmask, cols)
+    if not is_nm(mask, 2, 4):
+        raise ValueError("bitmask is not 2:4: every group of 4 consecutive inputs must keep exactly 2")
+    return mask
+
+
+def dequantize_int4_values(qvalues: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, in_features: int,
+                           group_size: int) -> torch.Tensor:
+    """The kept values [out, in / 2] in fp32: (code - zero) * scale of each one's quantization group."""
+    gs = check_int4_group_size(group_size, in_features)
+    codes = unpack_int4(qvalues).to(torch.float32)
+    group = (torch.arange(in_features // 2, device=qvalues.device) // 2 * 4) // gs  # kept j sits in columns 4 (j // 2)..
+    s = scales.to(torch.float32)[:, group]
+    z = zeros.to(torch.float32)[:, group]
+    return (codes - z) * s
+
+
+def quantize_int4_values(values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, in_features: int,
+                         group_size: int) -> torch.Tensor:
+    """Codes [out, in / 2] (int32, 0..15) of kept values on the grid (round(v / scale) + zero, clamped)."""
+    gs = check_int4_group_size(group_size, in_features)
+    group = (torch.arange(in_features // 2, device=values.device) // 2 * 4) // gs
+    s = scales.to(torch.float32)[:, group]
+    z = zeros.to(torch.float32)[:, group]
+    q = torch.round(values.to(torch.float32) / torch.where(s == 0, torch.ones_like(s), s)) + z
+    return q.clamp(0, 15).to(torch.int32)
+
+
+def reference_int4_gemm(x: torch.Tensor, qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tensor,
+                        zeros: torch.Tensor, bias: torch.Tensor | None, in_features: int,
+                        group_size: int) -> torch.Tensor:
+    """The spec of the 2:4 + int4 GEMM: reference_gemm with the dequantized kept values (fp32; fp64 for fp64 x)."""
+    values = dequantize_int4_values(qvalues, scales, zeros, in_features, group_size)
+    if x.dtype == torch.float64:
+        values = values.to(torch.float64)
+    return reference_gemm(x, values, bitmask, bias, in_features)

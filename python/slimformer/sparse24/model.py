@@ -17,7 +17,7 @@ from ..hf.calibrate import InputNormStatistic, LayerCompressor, Targets, run_lay
 from ..hf.swap import is_linear_like, linear_weight
 from . import format as fmt
 from .algorithm import METHODS, magnitude_prune, sparsegpt, wanda_prune
-from .module import Sparse24Linear
+from .module import Sparse24Linear, Sparse24QuantLinear
 
 # Feed-forward linears by architecture: LLaMA/Mistral/Qwen2 and GPT-2 (mlp.*), BERT/MiniLM/ViT (intermediate.dense
 # and the block's output.dense, not attention.output.dense), OPT (fc1/fc2), others (feed_forward, ffn).
@@ -42,8 +42,9 @@ class Sparse24Config:
     model_seqlen: int | None = None
     values_dtype: torch.dtype | None = None  # dtype of the kept values (default: the layer's)
     # joint SparseGPT + GPTQ (one pass): the kept weights are also rounded to GPTQ's grid (bits, group_size, sym,
-    # mse of this GPTQConfig). The layers hold the dequantized kept values (the packed 2:4 + int4 layout and its
-    # kernel are not built yet), so the quality is that of the 2:4 + int4 model; the memory is not yet.
+    # mse of this GPTQConfig). bits=4 gives Sparse24QuantLinear layers (packed 2:4 + int4, its own kernels); other
+    # widths have no packed layout and give Sparse24Linear layers holding the dequantized kept values (the quality
+    # of the quantized model, the memory of 2:4 alone).
     quantize: Any = None
 
     def __post_init__(self):
@@ -78,6 +79,7 @@ class Sparse24Config:
                 raise TypeError(f"quantize must be a slimformer.GPTQConfig or None, got {type(self.quantize).__name__}")
             if self.method != "sparsegpt":
                 raise ValueError("quantize (the joint 2:4 + GPTQ pass) needs method='sparsegpt'")
+
 
     def selector(self) -> Targets:
         skip = tuple(self.modules_to_not_convert or ())
@@ -116,9 +118,13 @@ class Sparse24Compressor(LayerCompressor):
         else:
             r = magnitude_prune(weight, c.n, c.m)
         bias = getattr(module, "bias", None)
+        bias = bias if isinstance(bias, torch.Tensor) else None
         dtype = c.values_dtype or (weight.dtype if weight.dtype in fmt.FLOAT_DTYPES else torch.float32)
-        layer = Sparse24Linear.from_dense(r.weight, r.mask, bias if isinstance(bias, torch.Tensor) else None,
-                                          n=c.n, m=c.m, dtype=dtype)
+        if r.bits == 4 and (c.n, c.m) == (2, 4):
+            layer = Sparse24QuantLinear.from_quantized(r.q.t(), r.mask, r.scales.t(), r.zeros.t(), r.group_size,
+                                                       bias)
+        else:
+            layer = Sparse24Linear.from_dense(r.weight, r.mask, bias, n=c.n, m=c.m, dtype=dtype)
         fields = {"error": r.error, "sparsity": f"{c.n}:{c.m}", "damp": r.damp}
         if r.bits is not None:
             fields.update(bits=r.bits, group_size=r.group_size)
