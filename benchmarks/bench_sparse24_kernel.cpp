@@ -4,7 +4,8 @@
 // the kept weights, for each ISA path the CPU supports: fp32 activations with fp32 and bf16 values ("-f32" /
 // "-bf16v") and, where the level has it, bf16 activations and values ("-bf16"); and 2:4 + int4 (group 128, fp16
 // scales) the way the op runs it, 8 rows dequantized into a buffer then the sparse kernel on them: "-int4-f32"
-// (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16).
+// (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and "-int4-fused" (the kernel that
+// multiplies the codes without a values buffer, bf16 activations, K a multiple of 128).
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
 //                              [--isa scalar|avx2|avx512|avx512bf16] [--json]
@@ -93,6 +94,11 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> zeros(N * G, 8);
   for (auto& q : q4)
     for (auto& b : q) b = static_cast<uint8_t>(rng());
+  // the fused kernel's positions (sparse24_cpu.h): each mask nibble as its column pair
+  std::vector<std::vector<uint8_t>> pos(o.layers, std::vector<uint8_t>(N * KB));
+  for (int64_t l = 0; l < o.layers; ++l)
+    for (int64_t i = 0; i < N * KB; ++i)
+      pos[l][i] = static_cast<uint8_t>((pair_of_nibble(masks[l][i] & 15) & 15) | (pair_of_nibble(masks[l][i] >> 4) & 15) << 4);
   std::vector<float> x(M * K), y(M * N);
   std::vector<uint16_t> xb(M * K);
   for (int64_t i = 0; i < M * K; ++i) {
@@ -121,13 +127,14 @@ int main(int argc, char** argv) {
   };
   if (!o.json)
     std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
-  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16 };
+  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused };
   for (const Path& p : paths)
-    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16}) {
+    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused}) {
       if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
       const CpuKernels& kern = p.kern();
       if ((kind == kBf16 || kind == kInt4Bf16) && kern.gemm_bf16 == nullptr) continue;
-      const bool int4 = kind == kInt4F32 || kind == kInt4Bf16;
+      if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 128)) continue;
+      const bool int4 = kind == kInt4F32 || kind == kInt4Bf16 || kind == kInt4Fused;
       std::vector<GemmArgs> args(o.layers);
       for (int64_t l = 0; l < o.layers; ++l)
         args[l] = GemmArgs{M, K, N, x.data(), xb.data(),
@@ -145,7 +152,12 @@ int main(int argc, char** argv) {
               if (!fn(args[layer], n0, n1)) ok = false;
               return;
             }
-            const Int4Args q{K, N, 128, G, q4[layer].data(), scales.data(), ScaleType::kHalf, zeros.data()};
+            const Int4Args q{K, N, 128, G, q4[layer].data(), scales.data(), ScaleType::kHalf, zeros.data(),
+                             pos[layer].data()};
+            if (kind == kInt4Fused) {
+              if (!kern.gemm_int4_bf16(args[layer], q, n0, n1)) ok = false;
+              return;
+            }
             GemmArgs a = args[layer];
             a.values_bf16 = kind == kInt4Bf16;
             for (int64_t r0 = n0; r0 < n1; r0 += kBlock) {
@@ -161,7 +173,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s: the kernel reported a mask that is not 2:4\n", p.name);
         return 1;
       }
-      static const char* const kSuffix[] = {"-f32", "-bf16v", "-bf16", "-int4-f32", "-int4-bf16"};
+      static const char* const kSuffix[] = {"-f32", "-bf16v", "-bf16", "-int4-f32", "-int4-bf16", "-int4-fused"};
       const std::string name = std::string(p.name) + kSuffix[kind];
       // bytes read from memory: values (or codes + fp16 scales + zeros) and the bitmask
       const double bytes = (int4 ? double(N) * (K / 4) + 3.0 * N * G : double(N) * (K / 2) * (kind == kF32 ? 4 : 2)) +

@@ -37,7 +37,17 @@ struct Int4Args {
   const void* scales;
   ScaleType scale_type;
   const uint8_t* zeros;
+  // the kernel layout of the fused kernel (gemm_int4_bf16): qvalues in the split code order, positions (below)
+  const uint8_t* positions = nullptr;
 };
+
+// The kernel layout of 2:4 + int4 (format.py: to_kernel_layout), which the fused bf16 kernel reads:
+// * positions [N, ceil(K/8)]: per group of 4 inputs a nibble first | second << 2 (its two kept columns, first <
+//   second), at the bitmask's place (byte g / 2, the low nibble for even g): the activation index is then a bit
+//   field, where the bitmask needs a table lookup.
+// * codes [N, K/4] in the split order: within each 128-input block (64 kept values, 32 bytes) byte i holds kept
+//   value i in its low nibble and kept value 32 + i in its high one; a trailing partial block keeps the plain order.
+constexpr int64_t kInt4MaxGroups = 512;
 
 struct DecompressArgs {
   int64_t K, N;
@@ -59,6 +69,11 @@ struct CpuKernels {
   // the kept values of rows [n0, n1) of a 2:4 + int4 weight, dequantized into out [n1 - n0, K/2] (bf16 when
   // out_bf16, rounded to nearest even, else fp32): what gemm / gemm_bf16 / decompress then read as `values`
   void (*dequant_int4)(const Int4Args& q, int64_t n0, int64_t n1, void* out, bool out_bf16);
+  // 2:4 + int4 with bf16 activations (a.xb; a.values and a.bitmask unused) on the kernel layout (q.qvalues in the
+  // split order, q.positions) without a values buffer, where the level multiplies bf16 natively (else nullptr);
+  // needs K a multiple of 128, q.group_size of 64 and q.groups <= kInt4MaxGroups. False when a position nibble is
+  // not a pair of columns.
+  bool (*gemm_int4_bf16)(const GemmArgs& a, const Int4Args& q, int64_t n0, int64_t n1);
 };
 
 const CpuKernels& cpu_kernels_scalar();

@@ -109,6 +109,161 @@ void dequant_rows(const Int4Args& q, int64_t n0, int64_t n1, void* out) {
   }
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
+// ------------------------------------------------------------ fused 2:4 + int4 x bf16 activations (small M)
+// On the kernel layout (sparse24_cpu.h, Int4Kernel*): per 64-input chunk (16 groups, 32 kept values, 16 code
+// bytes, 8 position bytes) the codes are never stored as values: OR-ing each 4-bit code into 0x4300 gives the bf16
+// of 128 + code, exactly, and vdpbf16ps multiplies those with the activations vpermt2w picks, while a second
+// vdpbf16ps with ones sums the picked activations. At the end of a quantization group sum (128 + c) x -
+// (128 + zero) sum x is exactly sum (c - zero) x, which the group's scale adds into the row's total: no table, no
+// conversion, no per-group setup beyond two broadcasts.
+// Word i of a chunk is its kept value i (group i / 2). Its code: the split code layout puts kept values i and
+// 32 + i of each 128-input block in one byte, so vpmovzxbw of the block's 32 bytes serves both chunks (the low
+// nibbles, then the high ones after a shift). Its activation: 4 (i / 2) + the 2-bit column at bit 2i of the chunk's
+// positions, which vpmultishiftqb brings to the word's low byte and one ternlog masks and offsets. Per chunk and row:
+// 2.5 shuffles (multishift, half a vpmovzxbw, vpermt2w), 2 ternlogs, 2 vdpbf16ps; a position nibble whose first
+// column is not below its second is detected with scalar bit arithmetic and reported. K must be a multiple of 128
+// and group_size of 64.
+struct Int4Bf16 {
+  static constexpr int KC = 64;
+  static constexpr int R = 4, MB = 2;
+};
+
+#ifndef SF_S24_INT4_PREFETCH_ROWS
+#define SF_S24_INT4_PREFETCH_ROWS 4
+#endif
+constexpr int kInt4PrefetchRows = SF_S24_INT4_PREFETCH_ROWS;
+
+// 8 chunks' position bits (a qword each) -> bit 2 of each nibble whose first column is not below its second:
+// (second | 4) - first - 1 per nibble has bit 2 set exactly when second > first, and never borrows from the next
+inline __m512i bad_positions(__m512i bits) {
+  const __m512i m3 = _mm512_set1_epi64(0x3333333333333333ll), m4 = _mm512_set1_epi64(0x4444444444444444ll);
+  const __m512i first = _mm512_and_si512(bits, m3), second = _mm512_and_si512(_mm512_srli_epi64(bits, 2), m3);
+  const __m512i d = _mm512_sub_epi64(_mm512_sub_epi64(_mm512_or_si512(second, m4), first),
+                                     _mm512_set1_epi64(0x1111111111111111ll));
+  return _mm512_andnot_si512(d, m4);
+}
+
+template <int R, int MB>
+void gemm_int4_tile(const GemmArgs& a, const Int4Args& q, const float* sc, const float* zc, int64_t n0, int64_t m0,
+                    int) {
+  const int64_t K = a.K, KB = (K + 7) / 8, G = q.groups, chunks_per_group = q.group_size / 64;
+  // word i: the 2-bit column at bit 2i of the chunk's positions; base 4 (i / 2)
+  const __m512i ctrl = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26,
+                                        24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i base = _mm512_set_epi16(60, 60, 56, 56, 52, 52, 48, 48, 44, 44, 40, 40, 36, 36, 32, 32, 28, 28, 24,
+                                        24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
+  const __m512i three = _mm512_set1_epi16(3), low4 = _mm512_set1_epi16(0xF), b128 = _mm512_set1_epi16(0x4300);
+  const __m512i ones = _mm512_set1_epi16(0x3F80);  // bf16 1.0
+  const uint16_t* xrow = a.xb + m0 * K;
+  const uint8_t* crow[R];
+  const uint8_t* prow[R];
+  for (int r = 0; r < R; ++r) {
+    crow[r] = q.qvalues + (n0 + r) * (K / 4);
+    prow[r] = q.positions + (n0 + r) * KB;
+  }
+  __m512 total[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int mb = 0; mb < MB; ++mb) total[r][mb] = _mm512_setzero_ps();
+  const int64_t pairs_per_group = chunks_per_group / 2;
+  int64_t c = 0;  // chunk index (two per pair)
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 acc[R][MB], sum[R][MB];
+    for (int r = 0; r < R; ++r)
+      for (int mb = 0; mb < MB; ++mb) acc[r][mb] = sum[r][mb] = _mm512_setzero_ps();
+    for (int64_t pe = c + 2 * pairs_per_group; c < pe; c += 2) {
+      if constexpr (kInt4PrefetchRows > 0) {
+        // the rows kInt4PrefetchRows ahead at this pair (each row starts a new stream, which the hardware
+        // prefetchers pick up late): a code line every 2 pairs, a position line every 4
+        if ((c & 3) == 0)
+          for (int r = 0; r < R; ++r) __builtin_prefetch(crow[r] + kInt4PrefetchRows * (K / 4) + c * 16);
+        if ((c & 7) == 0)
+          for (int r = 0; r < R; ++r) __builtin_prefetch(prow[r] + kInt4PrefetchRows * KB + c * 8);
+      }
+      __m512i xlo[2][MB], xhi[2][MB];
+      for (int h = 0; h < 2; ++h)
+        for (int mb = 0; mb < MB; ++mb) {
+          xlo[h][mb] = _mm512_loadu_si512(xrow + mb * K + (c + h) * 64);
+          xhi[h][mb] = _mm512_loadu_si512(xrow + mb * K + (c + h) * 64 + 32);
+        }
+      for (int r = 0; r < R; ++r) {
+        const __m512i codes =
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(crow[r] + c * 16)));
+        for (int h = 0; h < 2; ++h) {
+          // broadcast from memory (a load-port operation), not from a scalar register
+          const __m512i nib = _mm512_multishift_epi64_epi8(
+              ctrl, _mm512_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(prow[r] + (c + h) * 8))));
+          const __m512i idx = _mm512_ternarylogic_epi32(nib, three, base, 0xEA);  // (nib & 3) | base
+          const __m512i val = h == 0 ? _mm512_ternarylogic_epi32(codes, low4, b128, 0xEA)  // (byte & 15) | 0x4300
+                                     : _mm512_or_si512(_mm512_srli_epi16(codes, 4), b128);
+          for (int mb = 0; mb < MB; ++mb) {
+            const __m512i picked = _mm512_permutex2var_epi16(xlo[h][mb], idx, xhi[h][mb]);
+            acc[r][mb] = _mm512_dpbf16_ps(acc[r][mb], (__m512bh)val, (__m512bh)picked);
+            sum[r][mb] = _mm512_dpbf16_ps(sum[r][mb], (__m512bh)ones, (__m512bh)picked);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(sc[r * G + g]), z = _mm512_set1_ps(zc[r * G + g]);
+      for (int mb = 0; mb < MB; ++mb)
+        total[r][mb] = _mm512_fmadd_ps(s, _mm512_fnmadd_ps(z, sum[r][mb], acc[r][mb]), total[r][mb]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int mb = 0; mb < MB; ++mb) a.y[(m0 + mb) * a.N + n0 + r] = _mm512_reduce_add_ps(total[r][mb]);
+}
+
+// rows' scales as fp32 and 128 + zero, for the broadcasts at each group's end
+inline void int4_group_constants(const Int4Args& q, int64_t n, int rows, float* sc, float* zc) {
+  const int64_t G = q.groups;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t i0 = (n + r) * G;
+    for (int64_t g = 0; g < G; g += 16) {
+      const __mmask16 m = static_cast<__mmask16>(G - g >= 16 ? 0xFFFF : (1u << (G - g)) - 1);
+      __m512 s;
+      if (q.scale_type == ScaleType::kHalf)
+        s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g));
+      else if (q.scale_type == ScaleType::kBFloat16)
+        s = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g)), 16));
+      else
+        s = _mm512_maskz_loadu_ps(m, static_cast<const float*>(q.scales) + i0 + g);
+      _mm512_mask_storeu_ps(sc + r * G + g, m, s);
+      const __m512 z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q.zeros + i0 + g)));
+      _mm512_mask_storeu_ps(zc + r * G + g, m, _mm512_add_ps(z, _mm512_set1_ps(128.f)));
+    }
+  }
+}
+
+inline bool gemm_int4_bf16(const GemmArgs& a, const Int4Args& q, int64_t n0, int64_t n1) {
+  constexpr int R = Int4Bf16::R;
+  if (q.groups > kInt4MaxGroups || a.K % 128 || q.group_size % 128) return false;  // the glue never sends these
+  alignas(64) float sc[R * kInt4MaxGroups], zc[R * kInt4MaxGroups];
+  __m512i bad = _mm512_setzero_si512();
+  for (int64_t n = n0; n < n1;) {
+    const int rows = n + R <= n1 ? R : 1;
+    int4_group_constants(q, n, rows, sc, zc);
+    // the rows' position nibbles checked first (a read that hits L1 again in the tile), not in the tile's loop
+    const int64_t KB = (a.K + 7) / 8;  // a multiple of 16 bytes: K is a multiple of 128
+    for (const uint8_t *p = q.positions + n * KB, *pe = p + rows * KB; p < pe; p += 64) {
+      const __mmask8 left = static_cast<__mmask8>(pe - p >= 64 ? 0xFF : (1u << ((pe - p) / 8)) - 1);
+      bad = _mm512_or_si512(bad, bad_positions(_mm512_maskz_loadu_epi64(left, p)));
+    }
+    if (rows == R)
+      cpu::SF_ISA_NS::for_row_blocks<Int4Bf16::MB>(a.M, [&](auto mb, int64_t m0) {
+        gemm_int4_tile<R, decltype(mb)::value>(a, q, sc, zc, n, m0, 0);
+      });
+    else
+      cpu::SF_ISA_NS::for_row_blocks<Int4Bf16::MB>(a.M, [&](auto mb, int64_t m0) {
+        gemm_int4_tile<1, decltype(mb)::value>(a, q, sc, zc, n, m0, 0);
+      });
+    n += rows;
+  }
+  return _mm512_test_epi64_mask(bad, bad) == 0;
+}
+#endif
+
 inline void dequant_int4(const Int4Args& q, int64_t n0, int64_t n1, void* out, bool out_bf16) {
   if (out_bf16)
     dequant_rows<true>(q, n0, n1, out);

@@ -443,9 +443,9 @@ namespace sparse24 {
 namespace SF_ISA_NS {
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &dequant_int4}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &dequant_int4, &gemm_int4_bf16}; }
 #else
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &dequant_int4}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &dequant_int4, nullptr}; }
 #endif
 
 }  // namespace SF_ISA_NS

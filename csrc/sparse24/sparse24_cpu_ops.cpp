@@ -155,11 +155,28 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& qvalues
   const ScaleType st = scales.scalar_type() == at::kFloat    ? ScaleType::kFloat
                        : scales.scalar_type() == at::kBFloat16 ? ScaleType::kBFloat16
                                                                 : ScaleType::kHalf;
-  const Int4Values vals{&kern,
-                        Int4Args{K, qvalues.size(0), gs, scales.size(1), qvalues.data_ptr<uint8_t>(),
-                                 scales.data_ptr(), st, zeros.data_ptr<uint8_t>()},
-                        bf16};
-  return sparse_gemm(x, vals, bf16, bitmask.data_ptr<uint8_t>(), K, qvalues.size(0), bias);
+  const int64_t N = qvalues.size(0), M = x.numel() / K;
+  const Int4Args q{K, N, gs, scales.size(1), qvalues.data_ptr<uint8_t>(), scales.data_ptr(), st,
+                   zeros.data_ptr<uint8_t>()};
+  if (bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 && q.groups <= 512 && M > 0 &&
+      M < large_m_threshold(true)) {
+    // the fused kernel: codes straight into the bf16 products, no values buffer
+    const at::Tensor xin = x.reshape({M, K}).contiguous();
+    at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    GemmArgs args{M, K, N, nullptr, reinterpret_cast<const uint16_t*>(xin.data_ptr()), nullptr, true,
+                  bitmask.data_ptr<uint8_t>(), y.data_ptr<float>()};
+    std::atomic<bool> ok{true};
+    at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
+      if (!kern.gemm_int4_bf16(args, q, n0, n1)) ok = false;
+    });
+    TORCH_CHECK(ok.load(), kNot24);
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+    std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+    out_shape.back() = N;
+    return y.to(x.scalar_type()).view(out_shape);
+  }
+  const Int4Values vals{&kern, q, bf16};
+  return sparse_gemm(x, vals, bf16, bitmask.data_ptr<uint8_t>(), K, N, bias);
 }
 
 }  // namespace
