@@ -3,9 +3,10 @@
 // per layer, the effective read bandwidth of the compressed weight (values + bitmask) and the GFLOP/s counted on
 // the kept weights, for each ISA path the CPU supports: fp32 activations with fp32 and bf16 values ("-f32" /
 // "-bf16v") and, where the level has it, bf16 activations and values ("-bf16"); and 2:4 + int4 (group 128, fp16
-// scales) the way the op runs it, 8 rows dequantized into a buffer then the sparse kernel on them: "-int4-f32"
-// (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and "-int4-fused" (the kernel that
-// multiplies the codes without a values buffer, bf16 activations, K a multiple of 128).
+// scales, the tiles of the kernel layout) the way the op runs it: 8 rows unpacked into buffers then the sparse kernel
+// on them, "-int4-f32" (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and
+// "-int4-fused" (the kernel that multiplies the codes straight from the tiles, bf16 activations, K a multiple of 64).
+// The int4 bytes are the tiles (codes + positions) and the fp16 scales + zeros.
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
 //                              [--isa scalar|avx2|avx512|avx512bf16] [--json]
@@ -87,18 +88,25 @@ int main(int argc, char** argv) {
       vb[l][i] = static_cast<uint16_t>(b >> 16);
     }
   }
-  // 2:4 + int4: random codes, fp16 scales 0.01 (0x211F), symmetric zeros
-  const int64_t G = (K + 127) / 128;
-  std::vector<std::vector<uint8_t>> q4(o.layers, std::vector<uint8_t>(N * K / 4));
+  // 2:4 + int4 in the kernel layout (sparse24_cpu.h): random codes, positions of the layer's masks, fp16 scales
+  // 0.01 (0x211F), symmetric zeros
+  const int64_t G = (K + 127) / 128, T = (N + kTileRows - 1) / kTileRows, TB = tile_bytes(K);
+  std::vector<std::vector<uint8_t>> tiles(o.layers, std::vector<uint8_t>(T * TB));
   std::vector<uint16_t> scales(N * G, 0x211F);
   std::vector<uint8_t> zeros(N * G, 8);
-  for (auto& q : q4)
-    for (auto& b : q) b = static_cast<uint8_t>(rng());
-  // the fused kernel's positions (sparse24_cpu.h): each mask nibble as its column pair
-  std::vector<std::vector<uint8_t>> pos(o.layers, std::vector<uint8_t>(N * KB));
   for (int64_t l = 0; l < o.layers; ++l)
-    for (int64_t i = 0; i < N * KB; ++i)
-      pos[l][i] = static_cast<uint8_t>((pair_of_nibble(masks[l][i] & 15) & 15) | (pair_of_nibble(masks[l][i] >> 4) & 15) << 4);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < TB / kTileBlockBytes; ++b) {
+        uint8_t* blk = tiles[l].data() + t * TB + b * kTileBlockBytes;
+        for (int i = 0; i < 128; ++i) blk[i] = static_cast<uint8_t>(rng());
+        for (int r = 0; r < kTileRows; ++r)
+          for (int i = 0; i < 16; ++i) {
+            const int64_t n = t * kTileRows + r, byte = b * 16 + i;  // the mask byte of groups 2 byte, 2 byte + 1
+            const uint8_t m = n < N && byte < KB ? masks[l][n * KB + byte] : 0x33;
+            const uint8_t lo = pair_of_nibble(m & 15), hi = pair_of_nibble(m >> 4);
+            blk[128 + 16 * r + i] = static_cast<uint8_t>((lo == kBadNibble ? 4 : lo) | (hi == kBadNibble ? 4 : hi) << 4);
+          }
+      }
   std::vector<float> x(M * K), y(M * N);
   std::vector<uint16_t> xb(M * K);
   for (int64_t i = 0; i < M * K; ++i) {
@@ -133,7 +141,7 @@ int main(int argc, char** argv) {
       if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
       const CpuKernels& kern = p.kern();
       if ((kind == kBf16 || kind == kInt4Bf16) && kern.gemm_bf16 == nullptr) continue;
-      if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 128)) continue;
+      if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 64)) continue;
       const bool int4 = kind == kInt4F32 || kind == kInt4Bf16 || kind == kInt4Fused;
       std::vector<GemmArgs> args(o.layers);
       for (int64_t l = 0; l < o.layers; ++l)
@@ -144,7 +152,7 @@ int main(int argc, char** argv) {
       bool ok = true;
       const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
       constexpr int64_t kBlock = 8;  // as the op (sparse24_cpu_ops.cpp, Int4Values)
-      std::vector<std::vector<uint8_t>> bufs(o.threads, std::vector<uint8_t>(kBlock * (K / 2) * 4));
+      std::vector<std::vector<uint8_t>> bufs(o.threads, std::vector<uint8_t>(kBlock * ((K / 2) * 4 + KB)));
       const double ms = median_ms_per_layer(
           [&](int64_t th, int64_t layer) {
             const int64_t n0 = N * th / o.threads, n1 = N * (th + 1) / o.threads;
@@ -152,19 +160,20 @@ int main(int argc, char** argv) {
               if (!fn(args[layer], n0, n1)) ok = false;
               return;
             }
-            const Int4Args q{K, N, 128, G, q4[layer].data(), scales.data(), ScaleType::kHalf, zeros.data(),
-                             pos[layer].data()};
-            if (kind == kInt4Fused) {
-              if (!kern.gemm_int4_bf16(args[layer], q, n0, n1)) ok = false;
+            const Int4Args q{K, N, 128, G, tiles[layer].data(), scales.data(), ScaleType::kHalf, zeros.data()};
+            if (kind == kInt4Fused) {  // whole tiles per thread
+              if (!kern.gemm_int4_bf16(args[layer], q, T * th / o.threads, T * (th + 1) / o.threads)) ok = false;
               return;
             }
             GemmArgs a = args[layer];
             a.values_bf16 = kind == kInt4Bf16;
             for (int64_t r0 = n0; r0 < n1; r0 += kBlock) {
               const int64_t r1 = std::min(r0 + kBlock, n1);
-              kern.dequant_int4(q, r0, r1, bufs[th].data(), a.values_bf16);
-              a.values = bufs[th].data();
-              a.values_row0 = r0;
+              uint8_t* buf = bufs[th].data();
+              if (!kern.unpack_int4(q, r0, r1, buf, a.values_bf16, buf + kBlock * (K / 2) * 4)) ok = false;
+              a.values = buf;
+              a.bitmask = buf + kBlock * (K / 2) * 4;
+              a.row0 = r0;
               if (!fn(a, r0, r1)) ok = false;
             }
           },
@@ -175,9 +184,9 @@ int main(int argc, char** argv) {
       }
       static const char* const kSuffix[] = {"-f32", "-bf16v", "-bf16", "-int4-f32", "-int4-bf16", "-int4-fused"};
       const std::string name = std::string(p.name) + kSuffix[kind];
-      // bytes read from memory: values (or codes + fp16 scales + zeros) and the bitmask
-      const double bytes = (int4 ? double(N) * (K / 4) + 3.0 * N * G : double(N) * (K / 2) * (kind == kF32 ? 4 : 2)) +
-                           double(N) * KB;
+      // bytes read from memory: values and the bitmask, or the tiles and fp16 scales + zeros
+      const double bytes = int4 ? double(T) * TB + 3.0 * N * G
+                                : double(N) * (K / 2) * (kind == kF32 ? 4 : 2) + double(N) * KB;
       const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
       if (o.json)
         std::printf("{\"path\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"us_per_layer\": %.1f, "

@@ -33,11 +33,12 @@ TORCH_LIBRARY(slimformer, m) {
   // y[..., N] = x[..., K] @ W^T + bias for a 2:4 sparse W [N, K] in the compressed-tensors sparse-24-bitmask
   // layout: values [N, K/2] (float32 or bfloat16), bitmask uint8 [N, ceil(K/8)] (csrc/sparse24/sparse24_cpu.h).
   m.def("sparse24_gemm(Tensor x, Tensor values, Tensor bitmask, Tensor? bias, int in_features) -> Tensor");
-  // The same for 2:4 + int4: qvalues uint8 [N, K/4] (4-bit codes of the kept values), scales [N, groups] and zeros
-  // uint8 [N, groups] per group_size input columns (-1: one group) (csrc/sparse24/sparse24_cpu.h, Int4Args).
+  // The same for 2:4 + int4 in its kernel layout: tiles uint8 [ceil(N/4), ceil(K/128) * 192] (codes and positions
+  // of 4 rows x 128 inputs), scales [N, groups] and zeros uint8 [N, groups] per group_size input columns (-1: one
+  // group) (csrc/sparse24/sparse24_cpu.h; python/slimformer/sparse24/format.py pack_int4_tiles).
   m.def(
-      "sparse24_int4_gemm(Tensor x, Tensor qvalues, Tensor bitmask, Tensor scales, Tensor zeros, Tensor? bias, "
-      "int in_features, int group_size) -> Tensor");
+      "sparse24_int4_gemm(Tensor x, Tensor tiles, Tensor scales, Tensor zeros, Tensor? bias, int in_features, "
+      "int group_size) -> Tensor");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

@@ -69,7 +69,7 @@ def test_cuda_sparse24_int4_matches_reference(K, N, gs, dtype):
     from slimformer.sparse24 import format as S
     layer = Sparse24QuantLinear.from_dense(torch.randn(N, K), bias=torch.randn(N), group_size=gs, sym=N % 2 == 0)
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 2e-5}[dtype]
-    on = [t.cuda() for t in (layer.qvalues, layer.bitmask, layer.scales, layer.zeros)]
+    on = [t.cuda() for t in (layer.tiles, layer.scales, layer.zeros)]
     for M in (1, 7, 32, 33, 130):
         x = torch.randn(M, K).to(dtype)
         ref = S.reference_int4_gemm(x.double(), layer.qvalues, layer.bitmask, layer.scales, layer.zeros,

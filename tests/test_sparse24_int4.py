@@ -1,5 +1,6 @@
-"""2:4 + int4 (Sparse24QuantLinear, slimformer::sparse24_int4_gemm): the packed format and its spec, the kernels on
-every ISA path against the float64 reference, the joint SparseGPT + GPTQ pass producing it, and its checkpoint."""
+"""2:4 + int4 (Sparse24QuantLinear, slimformer::sparse24_int4_gemm): the packed format, its kernel layout (tiles) and
+its spec, the kernels on every ISA path (the unpacked route, and the fused bf16 kernel where the CPU has it) against
+the float64 reference, the joint SparseGPT + GPTQ pass producing it, and its checkpoint."""
 import json
 
 import pytest
@@ -43,6 +44,30 @@ def test_int4_packing_and_the_spec():
         assert (layer.zeros == 8).all() == sym
 
 
+@pytest.mark.parametrize("N,K", [(1, 4), (5, 12), (7, 260), (9, 512), (4, 128), (3, 200)])
+def test_tiles_round_trip_and_layout(N, K):
+    mask = F.nm_mask(torch.randn(N, K).abs())
+    codes = torch.randint(0, 16, (N, K // 2))
+    q, b = F.pack_int4(codes), F.pack_bitmask(mask)
+    tiles = F.pack_int4_tiles(q, b, K)
+    assert tiles.shape == F.int4_tiles_shape(N, K)
+    back = F.unpack_int4_tiles(tiles, N, K)
+    assert torch.equal(back[0], q) and torch.equal(back[1], b)
+    # the layout, read by hand: row n, kept value j: tile n // 4, block j // 64, code byte (n % 4) * 32 + j % 32,
+    # the high nibble for j % 64 >= 32; group g's positions at 128 + (n % 4) * 16 + (g % 32) // 2
+    n, j, g = N - 1, K // 2 - 1, K // 4 - 1
+    blk = tiles[n // 4, (j // 64) * 192:(j // 64 + 1) * 192]
+    assert (blk[(n % 4) * 32 + j % 32].item() >> (4 if j % 64 >= 32 else 0)) & 15 == codes[n, j].item()
+    blk = tiles[n // 4, (g // 32) * 192:(g // 32 + 1) * 192]
+    nib = (blk[128 + (n % 4) * 16 + (g % 32) // 2].item() >> (4 * (g % 2))) & 15
+    cols = mask[n, 4 * g:4 * g + 4].nonzero().flatten().tolist()
+    assert nib == cols[0] | cols[1] << 2
+    bad = tiles.clone()
+    bad[0, 128] = 0x11  # first column == second column
+    with pytest.raises(ValueError, match="position nibble"):
+        F.unpack_int4_tiles(bad, N, K)
+
+
 def test_from_dense_keeps_the_magnitude_mask_and_is_close():
     w = torch.randn(16, 256)
     layer = Sparse24QuantLinear.from_dense(w, group_size=64)
@@ -51,6 +76,11 @@ def test_from_dense_keeps_the_magnitude_mask_and_is_close():
     err = ((layer.to_dense() - w * mask).norm() / (w * mask).norm()).item()
     assert err < 0.1  # 4-bit RTN of the kept weights
     assert layer.qvalues.shape == (16, 64) and layer.scales.shape == (16, 4) and layer.zeros.dtype == torch.uint8
+    assert layer.tiles.shape == (4, 2 * 192)
+    assert set(layer.state_dict()) == {"qvalues", "bitmask", "scales", "zeros"}
+    fresh = Sparse24QuantLinear(256, 16, bias=False, group_size=64)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.tiles, layer.tiles) and torch.equal(fresh.to_dense(), layer.to_dense())
 
 
 def test_module_bad_input():
@@ -84,9 +114,17 @@ def error(y, x, layer):
     return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
+def run(x, layer):
+    return torch.ops.slimformer.sparse24_int4_gemm(x, layer.tiles, layer.scales, layer.zeros, layer.bias,
+                                                   layer.in_features, layer.group_size)
+
+
+# K and group sizes the fused bf16 kernel takes (K % 64 == 0, group % 64 == 0: whole and half last blocks, a last
+# group shorter than the others, one group) and ones it leaves to the unpacked route
 @pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
 @pytest.mark.parametrize("M", [1, 3, 13, 130])
-@pytest.mark.parametrize("K,gs", [(4, -1), (40, 8), (264, 132), (520, 128), (200, -1)])
+@pytest.mark.parametrize("K,gs", [(4, -1), (40, 8), (264, 132), (520, 128), (200, -1), (192, 64), (448, 128),
+                                  (640, -1), (256, 256)])
 @pytest.mark.parametrize("N", [1, 67])
 def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, gs, N):
     monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
@@ -96,8 +134,7 @@ def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, gs,
                                                group_size=gs, sym=sym, scales_dtype=sdtype)
         for xdtype in (torch.float32, torch.bfloat16, torch.float16):
             x = torch.randn(M, K, generator=g).to(xdtype)
-            y = torch.ops.slimformer.sparse24_int4_gemm(x, layer.qvalues, layer.bitmask, layer.scales, layer.zeros,
-                                                        layer.bias, K, gs)
+            y = run(x, layer)
             assert y.dtype == xdtype and y.shape == (M, N)
             # bf16 activations where the CPU multiplies bf16: the kept values rounded to bf16 once, the output too
             tol = 2e-4 if xdtype == torch.float32 else (2e-2 if xdtype == torch.bfloat16 else 2e-3)
@@ -116,33 +153,39 @@ def test_leading_dimensions_and_module_forward(sparse24_isa):
 @pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
 def test_op_bad_input(sparse24_isa, monkeypatch, path):
     monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
-    layer = Sparse24QuantLinear.from_dense(torch.randn(9, 64), group_size=32)
-    q, b, s, z = layer.qvalues, layer.bitmask, layer.scales, layer.zeros
+    layer = Sparse24QuantLinear.from_dense(torch.randn(9, 128), group_size=64)
+    t, s, z = layer.tiles, layer.scales, layer.zeros
     op = torch.ops.slimformer.sparse24_int4_gemm
-    x = torch.randn(5, 64)
-    for args, msg in (((x, q.to(torch.int32), b, s, z, None, 64, 32), "qvalues must be uint8"),
-                      ((x, q[:, :-1], b, s, z, None, 64, 32), r"qvalues must be uint8 \[out_features"),
-                      ((x, q, b, s[:, :1], z, None, 64, 32), "scales must be"),
-                      ((x, q, b, s.to(torch.int32), z, None, 64, 32), "scales must be float32"),
-                      ((x, q, b, s, z.float(), None, 64, 32), "zeros must be uint8"),
-                      ((x, q, b, s, z, None, 64, 6), "positive multiple of 4"),
-                      ((x, q, b, s, z, None, 62, 32), "multiple of 4"),
-                      ((x[:, :60], q, b, s, z, None, 64, 32), "x must end in in_features=64"),
-                      ((x.to(torch.int32), q, b, s, z, None, 64, 32), "x must be float32"),
-                      ((x, q, b, s, z, torch.randn(8), 64, 32), "bias must be")):
+    x = torch.randn(5, 128)
+    for args, msg in (((x, t.to(torch.int32), s, z, None, 128, 64), "tiles must be uint8"),
+                      ((x, t[:, :-1], s, z, None, 128, 64), r"tiles must be uint8 \[ceil"),
+                      ((x, t[:2], s, z, None, 128, 64), r"tiles must be uint8 \[ceil"),
+                      ((x, t, s[:, :1], z, None, 128, 64), "scales must be"),
+                      ((x, t, s.to(torch.int32), z, None, 128, 64), "scales must be float32"),
+                      ((x, t, s, z.float(), None, 128, 64), "zeros must be uint8"),
+                      ((x, t, s, z[:3], None, 128, 64), "zeros must be uint8"),
+                      ((x, t, s, z, None, 128, 6), "positive multiple of 4"),
+                      ((x, t, s, z, None, 126, 64), "multiple of 4"),
+                      ((x[:, :60], t, s, z, None, 128, 64), "x must end in in_features=128"),
+                      ((x.to(torch.int32), t, s, z, None, 128, 64), "x must be float32"),
+                      ((x, t, s, z, torch.randn(8), 128, 64), "bias must be")):
         with pytest.raises(RuntimeError, match=msg):
             op(*args)
-    bad = b.clone()
-    bad[3, 2] = 0x0F
-    with pytest.raises(RuntimeError, match="bitmask is not 2:4"):
-        op(x.bfloat16(), q, bad, s, z, None, 64, 32)
+    # a position nibble that is not a pair in order (first == second, first > second), on every route
+    # (tile, byte, value): row 8 groups 0/1, row 7 groups 10/11, row 2 groups 30/31
+    for tile, byte, value in ((2, 128, 0x11), (1, 128 + 16 * 3 + 5, 0x4B), (0, 128 + 16 * 2 + 15, 0x5E)):
+        bad = t.clone()
+        bad[tile, byte] = value
+        for xdtype in (torch.float32, torch.bfloat16):
+            with pytest.raises(RuntimeError, match="position nibble"):
+                op(x.to(xdtype), bad, s, z, None, 128, 64)
 
 
 def test_opcheck_and_compile():
     layer = Sparse24QuantLinear.from_dense(torch.randn(24, 96), bias=torch.randn(24), group_size=32)
     for x in (torch.randn(3, 96), torch.randn(2, 96).bfloat16()):
         torch.library.opcheck(torch.ops.slimformer.sparse24_int4_gemm.default,
-                              (x, layer.qvalues, layer.bitmask, layer.scales, layer.zeros, layer.bias, 96, 32))
+                              (x, layer.tiles, layer.scales, layer.zeros, layer.bias, 96, 32))
     x = torch.randn(4, 96)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), layer(x))

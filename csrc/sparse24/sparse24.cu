@@ -6,7 +6,7 @@
 //   per pass in registers; the warp sums with shuffles and lane 0 adds the bias and stores in the output dtype.
 //   Reads of values (2 per group) are coalesced across lanes.
 // * Large M: a decompress kernel writes the dense W [N, K] and the caller uses cuBLAS.
-// * 2:4 + int4: a dequantize kernel writes the kept values [N, K/2] (one thread per kept value), then the above.
+// * 2:4 + int4: an unpack kernel turns the tiles into kept values [N, K/2] and a bitmask, then the above.
 // The next step is the sparse tensor cores (mma.sp.m16n8k32 for bf16/fp16, the metadata reordered into the
 // layout the instruction wants), checked against these kernels on a GPU.
 #include <cuda_bf16.h>
@@ -80,29 +80,42 @@ __global__ void decompress_kernel(const void* __restrict__ values, CudaDType vdt
   for (int c = 0; c < 4; ++c) store_from_float(dense, n * K + 4 * g + c, out[c], ddt);
 }
 
-__global__ void dequant_int4_kernel(const uint8_t* __restrict__ qvalues, const void* __restrict__ scales,
-                                    CudaDType sdt, const uint8_t* __restrict__ zeros, void* __restrict__ values,
-                                    CudaDType odt, int64_t K, int64_t N, int64_t group_size, int64_t groups) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (row, kept value)
-  const int64_t KV = K / 2;
-  if (i >= N * KV) return;
-  const int64_t n = i / KV, j = i % KV, g = (j / 2 * 4) / group_size;
-  const int code = qvalues[n * (K / 4) + j / 2] >> (4 * (j & 1)) & 15;
-  const float v = (static_cast<float>(code) - static_cast<float>(zeros[n * groups + g])) *
-                  load_as_float(scales, n * groups + g, sdt);
-  store_from_float(values, i, v, odt);
+// one thread per (row, bitmask byte): the two groups of 4 inputs of that byte, their 4 kept values
+__global__ void unpack_int4_kernel(const uint8_t* __restrict__ tiles, const void* __restrict__ scales, CudaDType sdt,
+                                   const uint8_t* __restrict__ zeros, void* __restrict__ values, CudaDType odt,
+                                   uint8_t* __restrict__ bitmask, int64_t K, int64_t N, int64_t group_size,
+                                   int64_t groups) {
+  const int64_t KB = (K + 7) / 8, i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * KB) return;
+  const int64_t n = i / KB, k = i % KB;
+  const uint8_t* tile = tiles + (n / kTileRows) * tile_bytes(K);
+  const int64_t r = n % kTileRows;
+  uint8_t byte = 0;
+  for (int64_t g = 2 * k; g < 2 * k + 2 && g < K / 4; ++g) {
+    const uint8_t* blk = tile + (g / 32) * kTileBlockBytes;
+    const int nib = blk[128 + r * 16 + (g % 32) / 2] >> (4 * (g % 2)) & 15, first = nib & 3, second = nib >> 2;
+    byte |= static_cast<uint8_t>((first < second ? (1 << first) | (1 << second) : 0xF) << (4 * (g % 2)));
+    const int64_t q = (4 * g) / group_size;
+    const float z = static_cast<float>(zeros[n * groups + q]), s = load_as_float(scales, n * groups + q, sdt);
+    for (int e = 0; e < 2; ++e) {
+      const int64_t bi = (2 * g + e) % 64;  // kept value inside the block
+      const int code = blk[r * 32 + bi % 32] >> (bi >= 32 ? 4 : 0) & 15;
+      store_from_float(values, n * (K / 2) + 2 * g + e, (static_cast<float>(code) - z) * s, odt);
+    }
+  }
+  bitmask[i] = byte;
 }
 
 }  // namespace
 
-cudaError_t launch_dequant_int4(const uint8_t* qvalues, const void* scales, CudaDType sdt, const uint8_t* zeros,
-                                void* values, CudaDType odt, int64_t K, int64_t N, int64_t group_size, int64_t groups,
-                                cudaStream_t stream) {
-  const int64_t n = N * (K / 2);
+cudaError_t launch_unpack_int4(const uint8_t* tiles, const void* scales, CudaDType sdt, const uint8_t* zeros,
+                               void* values, CudaDType odt, uint8_t* bitmask, int64_t K, int64_t N, int64_t group_size,
+                               int64_t groups, cudaStream_t stream) {
+  const int64_t n = N * ((K + 7) / 8);
   if (n == 0) return cudaSuccess;
   const int threads = 256;
-  dequant_int4_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
-      qvalues, scales, sdt, zeros, values, odt, K, N, group_size, groups);
+  unpack_int4_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+      tiles, scales, sdt, zeros, values, odt, bitmask, K, N, group_size, groups);
   return cudaGetLastError();
 }
 

@@ -19,34 +19,32 @@ struct GemmArgs {
   int64_t M, K, N;
   const float* x;  // [M, K] fp32, row-major (the glue converts bf16/fp16 activations once per call), for gemm
   const uint16_t* xb;  // [M, K] bf16 activations, for gemm_bf16
-  const void* values;  // [N, K/2] (or the rows from values_row0 on)
+  const void* values;  // [N, K/2] (the rows from row0 on)
   bool values_bf16;  // else fp32
-  const uint8_t* bitmask;  // [N, ceil(K/8)]
+  const uint8_t* bitmask;  // [N, ceil(K/8)] (the rows from row0 on)
   float* y;  // [M, N] fp32 (ld N)
-  int64_t values_row0 = 0;  // the row of W whose values `values` points at (a block of dequantized rows)
+  int64_t row0 = 0;  // the row of W whose values and bitmask `values` and `bitmask` point at (a block of rows)
 };
 
-// 2:4 + int4 (format.py): qvalues [N, K/4] two 4-bit codes a byte (kept value j of a row in byte j / 2, the low
-// nibble for even j), scales [N, groups] (fp32, bf16 or fp16) and zeros uint8 [N, groups], a group being group_size
-// input columns (group_size / 2 kept values; a multiple of 4). Kept value = (code - zero) * scale, computed in fp32
-// exactly as format.dequantize_int4_values does (one rounding, of the product).
+// 2:4 + int4 (format.py) in its kernel layout, "tiles" [ceil(N/4), ceil(K/128) * 192] uint8: rows in tiles of 4,
+// inputs in blocks of 128 (K padded up to a multiple of 128), each tile's blocks one after another; a block is the
+// codes of the tile's 4 rows (32 bytes a row: byte i holds kept value i of the block's 64 in its low nibble and kept
+// value 32 + i in its high one) then their positions (16 bytes a row: a nibble a group of 4 inputs, the low nibble the
+// even group: first kept column | second kept column << 2, first < second). Padding groups: nibble 0x4, code 0.
+// scales [N, groups] (fp32, bf16 or fp16) and zeros uint8 [N, groups], a group being group_size input columns
+// (group_size / 2 kept values; a multiple of 4). Kept value = (code - zero) * scale, computed in fp32 exactly as
+// format.dequantize_int4_values does (one rounding, of the product).
 enum class ScaleType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+constexpr int64_t kTileRows = 4, kTileBlock = 128, kTileBlockBytes = 192;
+SF_S24_HD constexpr int64_t tile_bytes(int64_t K) { return (K + kTileBlock - 1) / kTileBlock * kTileBlockBytes; }
 struct Int4Args {
   int64_t K, N, group_size, groups;
-  const uint8_t* qvalues;
+  const uint8_t* tiles;
   const void* scales;
   ScaleType scale_type;
   const uint8_t* zeros;
-  // the kernel layout of the fused kernel (gemm_int4_bf16): qvalues in the split code order, positions (below)
-  const uint8_t* positions = nullptr;
 };
-
-// The kernel layout of 2:4 + int4 (format.py: to_kernel_layout), which the fused bf16 kernel reads:
-// * positions [N, ceil(K/8)]: per group of 4 inputs a nibble first | second << 2 (its two kept columns, first <
-//   second), at the bitmask's place (byte g / 2, the low nibble for even g): the activation index is then a bit
-//   field, where the bitmask needs a table lookup.
-// * codes [N, K/4] in the split order: within each 128-input block (64 kept values, 32 bytes) byte i holds kept
-//   value i in its low nibble and kept value 32 + i in its high one; a trailing partial block keeps the plain order.
+// The fused kernel keeps each row's scales in a stack buffer of this many groups.
 constexpr int64_t kInt4MaxGroups = 512;
 
 struct DecompressArgs {
@@ -56,7 +54,7 @@ struct DecompressArgs {
   const uint8_t* bitmask;
   void* dense;  // [rows, K] for the rows asked for, starting at row n0's
   bool dense_bf16;  // else fp32
-  int64_t values_row0 = 0;  // as in GemmArgs
+  int64_t row0 = 0;  // as in GemmArgs
 };
 
 struct CpuKernels {
@@ -66,14 +64,14 @@ struct CpuKernels {
   bool (*decompress)(const DecompressArgs& a, int64_t n0, int64_t n1);
   // as gemm, for bf16 activations (a.xb) and bf16 values, where the level has such a kernel (else nullptr)
   bool (*gemm_bf16)(const GemmArgs& a, int64_t n0, int64_t n1);
-  // the kept values of rows [n0, n1) of a 2:4 + int4 weight, dequantized into out [n1 - n0, K/2] (bf16 when
-  // out_bf16, rounded to nearest even, else fp32): what gemm / gemm_bf16 / decompress then read as `values`
-  void (*dequant_int4)(const Int4Args& q, int64_t n0, int64_t n1, void* out, bool out_bf16);
-  // 2:4 + int4 with bf16 activations (a.xb; a.values and a.bitmask unused) on the kernel layout (q.qvalues in the
-  // split order, q.positions) without a values buffer, where the level multiplies bf16 natively (else nullptr);
-  // needs K a multiple of 128, q.group_size of 64 and q.groups <= kInt4MaxGroups. False when a position nibble is
-  // not a pair of columns.
-  bool (*gemm_int4_bf16)(const GemmArgs& a, const Int4Args& q, int64_t n0, int64_t n1);
+  // rows [n0, n1) of a 2:4 + int4 weight in the layout of the kernels above: the kept values dequantized into
+  // values [n1 - n0, K/2] (bf16 when values_bf16, rounded to nearest even, else fp32) and the bitmask into bitmask
+  // [n1 - n0, ceil(K/8)]; false when a position nibble is not a pair of distinct columns in order.
+  bool (*unpack_int4)(const Int4Args& q, int64_t n0, int64_t n1, void* values, bool values_bf16, uint8_t* bitmask);
+  // 2:4 + int4 with bf16 activations (a.xb; a.values and a.bitmask unused) straight from the tiles [t0, t1), where
+  // the level multiplies bf16 natively (else nullptr); needs q.group_size a multiple of 64 and q.groups <=
+  // kInt4MaxGroups. False when a position nibble is not a pair of distinct columns in order.
+  bool (*gemm_int4_bf16)(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1);
 };
 
 const CpuKernels& cpu_kernels_scalar();

@@ -256,8 +256,8 @@ void gemm_tile(const GemmArgs& a, const typename Ops::XElem* x, int64_t n0, int6
   const uint8_t* vrow[R];
   const uint8_t* mrow[R];
   for (int r = 0; r < R; ++r) {
-    vrow[r] = static_cast<const uint8_t*>(a.values) + (n0 + r - a.values_row0) * KV * vsize;
-    mrow[r] = a.bitmask + (n0 + r) * KB;
+    vrow[r] = static_cast<const uint8_t*>(a.values) + (n0 + r - a.row0) * KV * vsize;
+    mrow[r] = a.bitmask + (n0 + r - a.row0) * KB;
   }
   const typename Ops::XElem* xrow = x + m0 * K;
   typename Ops::Bad bad = Ops::no_bad();
@@ -401,8 +401,8 @@ bool decompress_rows(const DecompressArgs& a, int64_t n0, int64_t n1) {
   const int64_t K = a.K, KB = (K + 7) / 8, KV = K / 2, full = K / 64, rem = K % 64;
   bool ok = true;
   for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* mask = a.bitmask + n * KB;
-    const uint8_t* v = static_cast<const uint8_t*>(a.values) + (n - a.values_row0) * KV * vsize;
+    const uint8_t* mask = a.bitmask + (n - a.row0) * KB;
+    const uint8_t* v = static_cast<const uint8_t*>(a.values) + (n - a.row0) * KV * vsize;
     uint8_t* d = static_cast<uint8_t*>(a.dense) + (n - n0) * K * dsize;
     for (int64_t c = 0; c < full; ++c) {
       uint64_t bits;
@@ -443,9 +443,9 @@ namespace sparse24 {
 namespace SF_ISA_NS {
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &dequant_int4, &gemm_int4_bf16}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &unpack_int4, &gemm_int4_bf16}; }
 #else
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &dequant_int4, nullptr}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr}; }
 #endif
 
 }  // namespace SF_ISA_NS

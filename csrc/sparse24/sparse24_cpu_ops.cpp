@@ -48,14 +48,25 @@ constexpr int64_t kRowGrain = 32;
 
 constexpr const char* kNot24 =
     "bitmask is not 2:4: some group of 4 consecutive inputs does not keep exactly 2 (a corrupt or non-2:4 mask)";
+constexpr const char* kNotPairs =
+    "2:4 + int4 tiles hold a position nibble that is not a pair of distinct columns in order (corrupt tiles)";
 
-// Where the values of a block of W's rows come from: the values tensor itself (PlainValues), or a buffer the rows'
-// 2:4 + int4 codes are dequantized into (Int4Values, a few rows at a time so the buffer stays in L2).
+// Where the values and bitmask of a block of W's rows come from: the tensors themselves (PlainValues), or buffers
+// that the rows' 2:4 + int4 tiles are unpacked into (Int4Values, a few rows at a time so they stay in L2).
+struct RowBlock {
+  const void* values;
+  const uint8_t* bitmask;
+  bool ok;  // false: a 2:4 + int4 position nibble that is not a pair of columns
+};
 struct PlainValues {
   static constexpr int64_t kBlockRows = std::numeric_limits<int64_t>::max();
-  const uint8_t* base;
+  const uint8_t* values;
   int64_t row_bytes;
-  const void* rows(int64_t n0, int64_t, std::vector<uint8_t>&) const { return base + n0 * row_bytes; }
+  const uint8_t* bitmask;
+  int64_t KB;
+  RowBlock rows(int64_t n0, int64_t, std::vector<uint8_t>&) const {
+    return {values + n0 * row_bytes, bitmask + n0 * KB, true};
+  }
 };
 struct Int4Values {
   // 8 rows of 11008 inputs are 176 KiB of fp32 values, 88 KiB bf16
@@ -63,17 +74,18 @@ struct Int4Values {
   const CpuKernels* kern;
   Int4Args q;
   bool bf16;
-  const void* rows(int64_t n0, int64_t n1, std::vector<uint8_t>& buf) const {
-    buf.resize(static_cast<size_t>((n1 - n0) * (q.K / 2) * (bf16 ? 2 : 4)));
-    kern->dequant_int4(q, n0, n1, buf.data(), bf16);
-    return buf.data();
+  RowBlock rows(int64_t n0, int64_t n1, std::vector<uint8_t>& buf) const {
+    const int64_t vbytes = (n1 - n0) * (q.K / 2) * (bf16 ? 2 : 4), KB = (q.K + 7) / 8;
+    buf.resize(static_cast<size_t>(vbytes + (n1 - n0) * KB));
+    const bool ok = kern->unpack_int4(q, n0, n1, buf.data(), bf16, buf.data() + vbytes);
+    return {buf.data(), buf.data() + vbytes, ok};
   }
 };
 
 // y = x @ W^T (+ bias) with W's values from `vals` (bf16 or fp32 as values_bf16 says) and the bitmask.
 template <class Values>
-at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16, const uint8_t* bitmask, int64_t K,
-                       int64_t N, const c10::optional<at::Tensor>& bias) {
+at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16, int64_t K, int64_t N,
+                       const c10::optional<at::Tensor>& bias, const char* bad_message) {
   const int64_t M = x.numel() / K;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
@@ -86,7 +98,7 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
   if (M < large_m_threshold(native_bf16)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
-    GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, bitmask, y.data_ptr<float>()};
+    GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, nullptr, y.data_ptr<float>()};
     at::Tensor xin;
     auto fn = kern.gemm;
     if (native_bf16) {
@@ -102,9 +114,11 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
       GemmArgs a = args;
       for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
         const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
-        a.values = vals.rows(r0, r1, buf);
-        a.values_row0 = r0;
-        if (!fn(a, r0, r1)) ok = false;
+        const RowBlock rb = vals.rows(r0, r1, buf);
+        a.values = rb.values;
+        a.bitmask = rb.bitmask;
+        a.row0 = r0;
+        if (!rb.ok || !fn(a, r0, r1)) ok = false;
       }
     });
   } else {
@@ -118,16 +132,17 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
         std::vector<uint8_t> buf;
         for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
           const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
-          DecompressArgs a{K, N, vals.rows(r0, r1, buf), values_bf16, bitmask,
+          const RowBlock rb = vals.rows(r0, r1, buf);
+          DecompressArgs a{K, N, rb.values, values_bf16, rb.bitmask,
                            static_cast<uint8_t*>(tile.data_ptr()) + (r0 - t0) * K * tile.element_size(),
                            dt == at::kBFloat16, r0};
-          if (!kern.decompress(a, r0, r1)) ok = false;
+          if (!rb.ok || !kern.decompress(a, r0, r1)) ok = false;
         }
       });
       y.narrow(1, t0, rows).copy_(at::mm(x2, tile.narrow(0, 0, rows).t()));
     }
   }
-  TORCH_CHECK(ok.load(), kNot24);
+  TORCH_CHECK(ok.load(), bad_message);
   if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
   return y.to(x.scalar_type()).view(out_shape);
 }
@@ -138,45 +153,45 @@ at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, c
   check_inputs(x, values_in, bitmask_in, bias, K);
   const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
   const bool values_bf16 = values.scalar_type() == at::kBFloat16;
-  const PlainValues vals{static_cast<const uint8_t*>(values.data_ptr()), (K / 2) * values.element_size()};
-  return sparse_gemm(x, vals, values_bf16, bitmask.data_ptr<uint8_t>(), K, values.size(0), bias);
+  const PlainValues vals{static_cast<const uint8_t*>(values.data_ptr()), (K / 2) * values.element_size(),
+                         bitmask.data_ptr<uint8_t>(), (K + 7) / 8};
+  return sparse_gemm(x, vals, values_bf16, K, values.size(0), bias, kNot24);
 }
 
-at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& qvalues_in, const at::Tensor& bitmask_in,
-                                  const at::Tensor& scales_in, const at::Tensor& zeros_in,
-                                  const c10::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
+at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
+                                  const at::Tensor& zeros_in, const c10::optional<at::Tensor>& bias,
+                                  int64_t in_features, int64_t group_size) {
   const int64_t K = in_features;
-  const int64_t gs = check_int4_inputs(x, qvalues_in, bitmask_in, scales_in, zeros_in, bias, K, group_size);
-  const at::Tensor qvalues = qvalues_in.contiguous(), bitmask = bitmask_in.contiguous(),
-                   scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
+  const int64_t gs = check_int4_inputs(x, tiles_in, scales_in, zeros_in, bias, K, group_size);
+  const at::Tensor tiles = tiles_in.contiguous(), scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
   const CpuKernels& kern = kCpuKernels.active();
   // bf16 values where the level multiplies bf16 natively and x is bf16 (as for 2:4 with bf16 values), else fp32
   const bool bf16 = kern.gemm_bf16 != nullptr && x.scalar_type() == at::kBFloat16;
   const ScaleType st = scales.scalar_type() == at::kFloat    ? ScaleType::kFloat
                        : scales.scalar_type() == at::kBFloat16 ? ScaleType::kBFloat16
                                                                 : ScaleType::kHalf;
-  const int64_t N = qvalues.size(0), M = x.numel() / K;
-  const Int4Args q{K, N, gs, scales.size(1), qvalues.data_ptr<uint8_t>(), scales.data_ptr(), st,
+  const int64_t N = scales.size(0), M = x.numel() / K;
+  const Int4Args q{K, N, gs, scales.size(1), tiles.data_ptr<uint8_t>(), scales.data_ptr(), st,
                    zeros.data_ptr<uint8_t>()};
-  if (bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 && q.groups <= 512 && M > 0 &&
-      M < large_m_threshold(true)) {
-    // the fused kernel: codes straight into the bf16 products, no values buffer
+  if (bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 && q.groups <= kInt4MaxGroups &&
+      M > 0 && M < large_m_threshold(true)) {
+    // the fused kernel, a tile (4 rows) at a time: codes straight into the bf16 products
     const at::Tensor xin = x.reshape({M, K}).contiguous();
     at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-    GemmArgs args{M, K, N, nullptr, reinterpret_cast<const uint16_t*>(xin.data_ptr()), nullptr, true,
-                  bitmask.data_ptr<uint8_t>(), y.data_ptr<float>()};
+    const GemmArgs args{M, K, N, nullptr, reinterpret_cast<const uint16_t*>(xin.data_ptr()), nullptr, true,
+                        nullptr, y.data_ptr<float>()};
     std::atomic<bool> ok{true};
-    at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
-      if (!kern.gemm_int4_bf16(args, q, n0, n1)) ok = false;
+    at::parallel_for(0, tiles.size(0), kRowGrain / kTileRows, [&](int64_t t0, int64_t t1) {
+      if (!kern.gemm_int4_bf16(args, q, t0, t1)) ok = false;
     });
-    TORCH_CHECK(ok.load(), kNot24);
+    TORCH_CHECK(ok.load(), kNotPairs);
     if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
     std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
     out_shape.back() = N;
     return y.to(x.scalar_type()).view(out_shape);
   }
   const Int4Values vals{&kern, q, bf16};
-  return sparse_gemm(x, vals, bf16, bitmask.data_ptr<uint8_t>(), K, N, bias);
+  return sparse_gemm(x, vals, bf16, K, N, bias, kNotPairs);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/cuda_dtype.h"
+#include "sparse24/sparse24_cpu.h"
 
 namespace slimformer {
 namespace sparse24 {
@@ -26,12 +27,13 @@ cudaError_t launch_gemm(const void* x, CudaDType xdt, const void* values, CudaDT
 cudaError_t launch_decompress(const void* values, CudaDType vdt, const uint8_t* bitmask, void* dense, CudaDType ddt,
                               int64_t K, int64_t N, cudaStream_t stream);
 
-// values [N, K/2] (dtype odt) = the dequantized kept values of a 2:4 + int4 weight (sparse24_cpu.h, Int4Args):
-// (code - zero) * scale in fp32, then stored in odt. scales [N, groups] in sdt, zeros uint8 [N, groups], a group
-// being group_size input columns.
-cudaError_t launch_dequant_int4(const uint8_t* qvalues, const void* scales, CudaDType sdt, const uint8_t* zeros,
-                                void* values, CudaDType odt, int64_t K, int64_t N, int64_t group_size, int64_t groups,
-                                cudaStream_t stream);
+// From a 2:4 + int4 weight in its kernel layout (sparse24_cpu.h: tiles), the kept values [N, K/2] (dtype odt,
+// (code - zero) * scale in fp32) and the bitmask [N, ceil(K/8)] the kernels above read. scales [N, groups] in sdt,
+// zeros uint8 [N, groups], a group being group_size input columns. A position nibble that is not a pair of distinct
+// columns in order becomes a group keeping 4 (so the row comes out NaN, as for a bad bitmask).
+cudaError_t launch_unpack_int4(const uint8_t* tiles, const void* scales, CudaDType sdt, const uint8_t* zeros,
+                               void* values, CudaDType odt, uint8_t* bitmask, int64_t K, int64_t N, int64_t group_size,
+                               int64_t groups, cudaStream_t stream);
 
 }  // namespace sparse24
 }  // namespace slimformer

@@ -56,21 +56,22 @@ at::Tensor sparse24_gemm_cuda(const at::Tensor& x, const at::Tensor& values_in, 
   return out.view(out_shape);
 }
 
-// 2:4 + int4: the kept values dequantized (in x's dtype for fp16/bf16 x, else fp32), then the 2:4 path above.
-at::Tensor sparse24_int4_gemm_cuda(const at::Tensor& x, const at::Tensor& qvalues_in, const at::Tensor& bitmask,
-                                   const at::Tensor& scales_in, const at::Tensor& zeros_in,
-                                   const c10::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
+// 2:4 + int4: the tiles unpacked into kept values (in x's dtype) and a bitmask, then the 2:4 path above.
+at::Tensor sparse24_int4_gemm_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
+                                   const at::Tensor& zeros_in, const c10::optional<at::Tensor>& bias,
+                                   int64_t in_features, int64_t group_size) {
   const int64_t K = in_features;
-  const int64_t gs = check_int4_inputs(x, qvalues_in, bitmask, scales_in, zeros_in, bias, K, group_size);
+  const int64_t gs = check_int4_inputs(x, tiles_in, scales_in, zeros_in, bias, K, group_size);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor qvalues = qvalues_in.contiguous(), scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
-  const int64_t N = qvalues.size(0);
-  // the kept values in x's dtype (fp32 stays exact; fp16/bf16 round once, as the product would anyway)
+  const at::Tensor tiles = tiles_in.contiguous(), scales = scales_in.contiguous(), zeros = zeros_in.contiguous();
+  const int64_t N = scales.size(0);
   const at::Tensor values = at::empty({N, K / 2}, x.options());
-  check_cuda(launch_dequant_int4(qvalues.data_ptr<uint8_t>(), scales.data_ptr(), cuda_dtype(scales),
-                                 zeros.data_ptr<uint8_t>(), values.data_ptr(), cuda_dtype(values), K, N, gs,
-                                 scales.size(1), c10::cuda::getCurrentCUDAStream()),
-             "sparse24 int4 dequantize kernel");
+  const at::Tensor bitmask = at::empty({N, (K + 7) / 8}, x.options().dtype(at::kByte));
+  check_cuda(launch_unpack_int4(tiles.data_ptr<uint8_t>(), scales.data_ptr(), cuda_dtype(scales),
+                                zeros.data_ptr<uint8_t>(), values.data_ptr(), cuda_dtype(values),
+                                bitmask.data_ptr<uint8_t>(), K, N, gs, scales.size(1),
+                                c10::cuda::getCurrentCUDAStream()),
+             "sparse24 int4 unpack kernel");
   return sparse24_gemm_cuda(x, values, bitmask, bias, in_features);
 }
 

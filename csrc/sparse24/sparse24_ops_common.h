@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "sparse24/sparse24_cpu.h"
+
 namespace slimformer {
 namespace sparse24 {
 
@@ -44,30 +46,39 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& values, const at
   check_common(x, bitmask, bias, K, values.size(0));
 }
 
-// 2:4 + int4 (sparse24_cpu.h, Int4Args); returns the group size in input columns (-1 -> K)
-inline int64_t check_int4_inputs(const at::Tensor& x, const at::Tensor& qvalues, const at::Tensor& bitmask,
-                                 const at::Tensor& scales, const at::Tensor& zeros,
-                                 const c10::optional<at::Tensor>& bias, int64_t K, int64_t group_size) {
+// 2:4 + int4 in the kernel layout (sparse24_cpu.h: tiles); returns the group size in input columns (-1 -> K)
+inline int64_t check_int4_inputs(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scales,
+                                 const at::Tensor& zeros, const c10::optional<at::Tensor>& bias, int64_t K,
+                                 int64_t group_size) {
   check_x(x, K);
   const int64_t gs = group_size == -1 ? K : group_size;
   TORCH_CHECK(gs > 0 && gs % 4 == 0, "2:4 + int4 groups must be a positive multiple of 4 input columns (or -1), got ",
               group_size);
-  TORCH_CHECK(qvalues.scalar_type() == at::kByte && qvalues.dim() == 2 && qvalues.size(1) == K / 4,
-              "qvalues must be uint8 [out_features, in_features / 4] = [N, ", K / 4, "], got ",
-              c10::toString(qvalues.scalar_type()), " ", qvalues.sizes());
-  const int64_t N = qvalues.size(0), G = (K + gs - 1) / gs;
   TORCH_CHECK(scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kBFloat16 ||
                   scales.scalar_type() == at::kHalf,
               "scales must be float32, bfloat16 or float16, got ", c10::toString(scales.scalar_type()));
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == G, "scales must be [out_features, groups] = [",
-              N, ", ", G, "] (group_size ", gs, "), got ", scales.sizes());
+  const int64_t G = (K + gs - 1) / gs;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) > 0 && scales.size(1) == G,
+              "scales must be [out_features, groups] with groups = ", G, " (group_size ", gs, "), got ",
+              scales.sizes());
+  const int64_t N = scales.size(0);
+  TORCH_CHECK(tiles.scalar_type() == at::kByte && tiles.dim() == 2 && tiles.size(0) == (N + kTileRows - 1) / kTileRows &&
+                  tiles.size(1) == tile_bytes(K),
+              "tiles must be uint8 [ceil(out_features / 4), ceil(in_features / 128) * 192] = [",
+              (N + kTileRows - 1) / kTileRows, ", ", tile_bytes(K), "], got ", c10::toString(tiles.scalar_type()), " ",
+              tiles.sizes());
   TORCH_CHECK(zeros.scalar_type() == at::kByte && zeros.dim() == 2 && zeros.size(0) == N && zeros.size(1) == G,
               "zeros must be uint8 [out_features, groups] = [", N, ", ", G, "], got ", c10::toString(zeros.scalar_type()),
               " ", zeros.sizes());
-  for (const at::Tensor* t : {&qvalues, &scales, &zeros})
+  for (const at::Tensor* t : {&tiles, &scales, &zeros})
     TORCH_CHECK(t->device() == x.device(), "sparse24_int4_gemm needs every tensor on x's device (", x.device(),
                 "), got one on ", t->device());
-  check_common(x, bitmask, bias, K, N);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device() == x.device(), "bias must be on x's device (", x.device(), "), got ", bias->device());
+    TORCH_CHECK(bias->is_floating_point() && bias->dim() == 1 && bias->size(0) == N,
+                "bias must be a floating-point [out_features] = [", N, "] tensor, got ",
+                c10::toString(bias->scalar_type()), " ", bias->sizes());
+  }
   return gs;
 }
 

@@ -59,10 +59,10 @@ if HAS_NATIVE:
         return x.new_empty((*x.shape[:-1], values.shape[0]))
 
     @torch.library.register_fake("slimformer::sparse24_int4_gemm")
-    def _sparse24_int4_gemm_fake(x, qvalues, bitmask, scales, zeros, bias, in_features, group_size):
-        _same_device(x=x, qvalues=qvalues, bitmask=bitmask, scales=scales, zeros=zeros, bias=bias)
+    def _sparse24_int4_gemm_fake(x, tiles, scales, zeros, bias, in_features, group_size):
+        _same_device(x=x, tiles=tiles, scales=scales, zeros=zeros, bias=bias)
         torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
-        return x.new_empty((*x.shape[:-1], qvalues.shape[0]))
+        return x.new_empty((*x.shape[:-1], scales.shape[0]))
 
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
@@ -119,12 +119,11 @@ def sparse24_gemm(x, values, bitmask, bias, in_features: int) -> torch.Tensor:
     return reference_gemm(x, values, bitmask, bias, in_features)
 
 
-def sparse24_int4_gemm(x, qvalues, bitmask, scales, zeros, bias, in_features: int, group_size: int) -> torch.Tensor:
-    """y = x @ W^T + bias for a 2:4 + int4 W (sparse24/format.py: qvalues uint8 [N, K/4], bitmask, scales and zeros
-    [N, groups])."""
+def sparse24_int4_gemm(x, tiles, scales, zeros, bias, in_features: int, group_size: int) -> torch.Tensor:
+    """y = x @ W^T + bias for a 2:4 + int4 W in its kernel layout (sparse24/format.py: tiles from pack_int4_tiles,
+    scales and zeros [N, groups])."""
     if HAS_NATIVE:
-        return torch.ops.slimformer.sparse24_int4_gemm.default(x, qvalues, bitmask, scales, zeros, bias, in_features,
-                                                               group_size)
+        return torch.ops.slimformer.sparse24_int4_gemm.default(x, tiles, scales, zeros, bias, in_features, group_size)
     _warn_fallback()
-    from .sparse24.format import reference_int4_gemm
-    return reference_int4_gemm(x, qvalues, bitmask, scales, zeros, bias, in_features, group_size)
+    from .sparse24.format import reference_int4_tiles_gemm
+    return reference_int4_tiles_gemm(x, tiles, scales, zeros, bias, in_features, group_size)

@@ -145,7 +145,7 @@ def _load_int4(layer: Sparse24QuantLinear, name: str, tensors: dict, out_f: int,
         raise CheckpointError(f"{name}: {e}") from None
     if not bool(torch.isfinite(scales).all()):
         raise CheckpointError(f"{name}.weight_scale holds NaN or inf values")
-    layer.qvalues, layer.bitmask = q.contiguous(), bitmask.contiguous()
+    layer.set_plain(q.contiguous(), bitmask.contiguous())
     layer.scales, layer.zeros = scales.contiguous(), zeros.contiguous()
 
 

@@ -219,6 +219,80 @@ def quantize_int4_values(values: torch.Tensor, scales: torch.Tensor, zeros: torc
     return q.clamp(0, 15).to(torch.int32)
 
 
+# The kernel layout of 2:4 + int4 ("tiles"), what Sparse24QuantLinear keeps in memory and the op reads (the layout
+# above is the checkpoint's): rows in tiles of 4, inputs in blocks of 128 (K padded up to a multiple of 128, N to a
+# multiple of 4), tiles [ceil(N / 4), blocks * 192] uint8, each tile's blocks one after another, each block
+#   bytes   0..127  the codes of the tile's 4 rows, 32 bytes a row: byte i holds kept value i of the block (its 64
+#                   kept values in column order) in the low nibble and kept value 32 + i in the high one
+#   bytes 128..191  the positions of the 4 rows, 16 bytes a row: one nibble a group of 4 inputs (the low nibble the
+#                   even group), first kept column | second kept column << 2 (first < second)
+# Padding groups keep columns 0 and 1 (nibble 0x4) with code 0. One tile is one sequential stream for the kernel
+# (4 rows' codes and positions side by side), and the activation index of a kept value is a 2-bit field instead of a
+# table lookup of the bitmask (csrc/sparse24/sparse24_cpu_int4.h).
+TILE_ROWS, TILE_BLOCK, TILE_BLOCK_BYTES = 4, 128, 192
+
+
+def int4_tiles_shape(out_features: int, in_features: int) -> tuple[int, int]:
+    return -(-out_features // TILE_ROWS), -(-in_features // TILE_BLOCK) * TILE_BLOCK_BYTES
+
+
+def pack_int4_tiles(qvalues: torch.Tensor, bitmask: torch.Tensor, in_features: int) -> torch.Tensor:
+    """(qvalues, bitmask) of the checkpoint layout -> the kernel layout (tiles); checks that the mask is 2:4."""
+    N, K = qvalues.shape[0], in_features
+    check_in_features(K, 4)
+    mask = unpack_bitmask(bitmask, K)
+    if not is_nm(mask, 2, 4):
+        raise ValueError("bitmask is not 2:4: every group of 4 consecutive inputs must keep exactly 2")
+    if qvalues.dtype != torch.uint8 or tuple(qvalues.shape) != (N, K // 4):
+        raise ValueError(f"qvalues must be uint8 [{N}, {K // 4}], got {qvalues.dtype} {tuple(qvalues.shape)}")
+    T, B = -(-N // TILE_ROWS), -(-K // TILE_BLOCK)
+    Np, dev = T * TILE_ROWS, qvalues.device
+    codes = torch.zeros(Np, B * 64, dtype=torch.int32, device=dev)
+    codes[:N, :K // 2] = unpack_int4(qvalues)
+    codes = codes.view(Np, B, 2, 32)
+    code_bytes = (codes[:, :, 0] | (codes[:, :, 1] << 4)).to(torch.uint8)  # [Np, B, 32]
+    col = torch.arange(4, device=dev, dtype=torch.int32)
+    g = mask.view(N, K // 4, 4)
+    first = torch.where(g, col, 4).amin(-1)
+    second = torch.where(g, col, -1).amax(-1)
+    nib = torch.full((Np, B * 32), 0x4, dtype=torch.int32, device=dev)
+    nib[:N, :K // 4] = first | (second << 2)
+    nib = nib.view(Np, B, 16, 2)
+    pos_bytes = (nib[..., 0] | (nib[..., 1] << 4)).to(torch.uint8)  # [Np, B, 16]
+    c = code_bytes.view(T, TILE_ROWS, B, 32).permute(0, 2, 1, 3).reshape(T, B, 128)
+    p = pos_bytes.view(T, TILE_ROWS, B, 16).permute(0, 2, 1, 3).reshape(T, B, 64)
+    return torch.cat([c, p], dim=-1).reshape(T, B * TILE_BLOCK_BYTES).contiguous()
+
+
+def unpack_int4_tiles(tiles: torch.Tensor, out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel layout -> (qvalues, bitmask) of the checkpoint layout; checks every position nibble."""
+    N, K = out_features, in_features
+    check_in_features(K, 4)
+    T, W = int4_tiles_shape(N, K)
+    if tiles.dtype != torch.uint8 or tuple(tiles.shape) != (T, W):
+        raise ValueError(f"tiles of a 2:4 + int4 [{N}, {K}] weight must be uint8 [{T}, {W}], got {tiles.dtype} "
+                         f"{tuple(tiles.shape)}")
+    B, Np = W // TILE_BLOCK_BYTES, T * TILE_ROWS
+    t = tiles.view(T, B, TILE_BLOCK_BYTES).to(torch.int32)
+    c = t[:, :, :128].reshape(T, B, TILE_ROWS, 32).permute(0, 2, 1, 3).reshape(Np, B, 32)
+    codes = torch.cat([c & 15, c >> 4], dim=-1).reshape(Np, B * 64)[:N, :K // 2]
+    p = t[:, :, 128:].reshape(T, B, TILE_ROWS, 16).permute(0, 2, 1, 3).reshape(Np, B, 16)
+    nib = torch.stack([p & 15, p >> 4], dim=-1).reshape(Np, B * 32)[:N, :K // 4]
+    first, second = nib & 3, nib >> 2
+    if bool((first >= second).any()):
+        raise ValueError("tiles hold a position nibble whose first column is not below its second (not 2:4)")
+    col = torch.arange(4, device=tiles.device, dtype=torch.int32)
+    mask = (col == first[..., None]) | (col == second[..., None])
+    return pack_int4(codes), pack_bitmask(mask.reshape(N, K))
+
+
+def reference_int4_tiles_gemm(x: torch.Tensor, tiles: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                              bias: torch.Tensor | None, in_features: int, group_size: int) -> torch.Tensor:
+    """The spec of slimformer::sparse24_int4_gemm: reference_int4_gemm on the unpacked tiles."""
+    qvalues, bitmask = unpack_int4_tiles(tiles, scales.shape[0], in_features)
+    return reference_int4_gemm(x, qvalues, bitmask, scales, zeros, bias, in_features, group_size)
+
+
 def reference_int4_gemm(x: torch.Tensor, qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tensor,
                         zeros: torch.Tensor, bias: torch.Tensor | None, in_features: int,
                         group_size: int) -> torch.Tensor:

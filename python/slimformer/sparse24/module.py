@@ -113,10 +113,12 @@ class Sparse24QuantLinear(nn.Module):
     """y = x @ W^T + b where W [out, in] is 2:4 sparse and its kept weights are 4-bit integers with a scale and zero
     point per group_size input columns (what the joint SparseGPT + GPTQ pass produces: 2:4 + int4).
 
-    Buffers (format.py, "2:4 + int4"): `qvalues` uint8 [out, in / 4] (two codes a byte), `bitmask` uint8
-    [out, ceil(in / 8)], `scales` [out, groups] (fp16 by default), `zeros` uint8 [out, groups], `bias` [out] or None.
-    A kept weight is (code - zero) * scale. 0.28 bytes per dense weight at group 128 (fp16 scales), against 0.56 for
-    2:4 with bf16 values and 0.52 for dense int4."""
+    Buffers: `tiles` uint8, the codes and kept-column positions in the kernel layout (format.py: pack_int4_tiles),
+    `scales` [out, groups] (fp16 by default), `zeros` uint8 [out, groups], `bias` [out] or None. A kept weight is
+    (code - zero) * scale. The state dict (and the checkpoint) holds the plain layout instead of the tiles:
+    `qvalues` uint8 [out, in / 4] (two codes a byte) and `bitmask` uint8 [out, ceil(in / 8)], also readable as
+    properties. 0.30 bytes per dense weight at group 128 (fp16 scales), against 0.56 for 2:4 with bf16 values and
+    0.52 for dense int4."""
 
     bits = fmt.INT4_BITS
 
@@ -132,10 +134,10 @@ class Sparse24QuantLinear(nn.Module):
         groups = -(-in_features // gs)
         self.in_features, self.out_features, self.n, self.m = in_features, out_features, 2, 4
         self.group_size = group_size
-        self.register_buffer("qvalues", torch.full((out_features, in_features // 4), 0x88, dtype=torch.uint8,
-                                                   device=device))
         first = (torch.arange(in_features, device=device) % 4 < 2).expand(out_features, in_features)
-        self.register_buffer("bitmask", fmt.pack_bitmask(first))
+        self.register_buffer("tiles", fmt.pack_int4_tiles(
+            torch.full((out_features, in_features // 4), 0x88, dtype=torch.uint8, device=device),
+            fmt.pack_bitmask(first), in_features))
         self.register_buffer("scales", torch.zeros(out_features, groups, dtype=scales_dtype, device=device))
         self.register_buffer("zeros", torch.full((out_features, groups), 8, dtype=torch.uint8, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
@@ -156,8 +158,7 @@ class Sparse24QuantLinear(nn.Module):
         if not fmt.is_nm(mask, 2, 4):
             raise ValueError("mask is not 2:4: every group of 4 consecutive inputs must keep exactly 2")
         kept = codes[mask].reshape(out_features, in_features // 2)
-        layer.qvalues.copy_(fmt.pack_int4(kept))
-        layer.bitmask.copy_(fmt.pack_bitmask(mask))
+        layer.tiles = fmt.pack_int4_tiles(fmt.pack_int4(kept), fmt.pack_bitmask(mask), in_features)
         if tuple(scales.shape) != tuple(layer.scales.shape) or tuple(zeros.shape) != tuple(layer.zeros.shape):
             raise ValueError(f"scales and zeros must be [{out_features}, {layer.scales.shape[1]}] (group_size "
                              f"{group_size}), got {tuple(scales.shape)} and {tuple(zeros.shape)}")
@@ -201,6 +202,20 @@ class Sparse24QuantLinear(nn.Module):
                                   scales_dtype=scales_dtype)
 
     @property
+    def qvalues(self) -> torch.Tensor:
+        """The 4-bit codes of the kept values in the plain layout, uint8 [out, in / 4]."""
+        return fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)[0]
+
+    @property
+    def bitmask(self) -> torch.Tensor:
+        """The kept columns, uint8 [out, ceil(in / 8)] (the sparse-24-bitmask layout)."""
+        return fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)[1]
+
+    def set_plain(self, qvalues: torch.Tensor, bitmask: torch.Tensor):
+        """Replaces the codes and mask from the plain layout (checked: 2:4, shapes)."""
+        self.tiles = fmt.pack_int4_tiles(qvalues, bitmask, self.in_features)
+
+    @property
     def mask(self) -> torch.Tensor:
         return fmt.unpack_bitmask(self.bitmask, self.in_features)
 
@@ -216,8 +231,28 @@ class Sparse24QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, 2:4 + int4, "
                 f"group_size={self.group_size}, scales={self.scales.dtype}, bias={self.bias is not None}")
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        qvalues, bitmask = fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)
+        destination[prefix + "qvalues"], destination[prefix + "bitmask"] = qvalues, bitmask
+        for name in ("scales", "zeros", "bias"):
+            t = getattr(self, name)
+            if t is not None:
+                destination[prefix + name] = t if keep_vars else t.detach()
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # the plain layout becomes the tiles (load_state_dict hands each module its own copy of the dict)
+        plain = [state_dict.get(prefix + k) for k in ("qvalues", "bitmask")]
+        if all(isinstance(t, torch.Tensor) for t in plain):
+            del state_dict[prefix + "qvalues"], state_dict[prefix + "bitmask"]
+            try:
+                state_dict[prefix + "tiles"] = fmt.pack_int4_tiles(plain[0], plain[1], self.in_features)
+            except ValueError as e:
+                error_msgs.append(f"{prefix}: {e}")
+                return
+        elif any(isinstance(t, torch.Tensor) for t in plain):
+            missing_keys.extend(prefix + k for k, t in zip(("qvalues", "bitmask"), plain) if t is None)
+            return
         # scales and bias take the checkpoint's float dtype
         for leaf in ("scales", "bias"):
             t, mine = state_dict.get(prefix + leaf), getattr(self, leaf)
@@ -227,8 +262,8 @@ class Sparse24QuantLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         try:
-            fmt.check_int4(self.qvalues, self.bitmask, self.scales, self.zeros,
-                           (self.out_features, self.in_features), self.group_size)
+            fmt.check_int4(*fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features), self.scales,
+                           self.zeros, (self.out_features, self.in_features), self.group_size)
         except ValueError as e:
             error_msgs.append(f"{prefix}: {e}")
 
@@ -236,7 +271,7 @@ class Sparse24QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
         if x.device.type in ("cpu", "cuda") and x.dtype in fmt.FLOAT_DTYPES:
-            return ops.sparse24_int4_gemm(x, self.qvalues, self.bitmask, self.scales, self.zeros, self.bias,
-                                          self.in_features, self.group_size)
+            return ops.sparse24_int4_gemm(x, self.tiles, self.scales, self.zeros, self.bias, self.in_features,
+                                          self.group_size)
         w = self.to_dense().to(x.dtype)
         return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
