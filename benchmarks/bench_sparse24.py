@@ -5,9 +5,11 @@ For each shape, `--layers` distinct weights (more than the last-level cache hold
 each M, timed side by side in alternating repeats (median of repeats of the median of rounds, per layer):
   2:4 bf16 values, bf16 activations (slimformer.ops.sparse24_gemm; the ISA path in the JSON),
   dense torch bf16 nn.functional.linear (the same weights with their zeros),
-  2:4 fp32 values, fp32 activations, and dense torch fp32.
-Effective GB/s is the compressed weight bytes (values + bitmask) over the time, next to a read bandwidth measured
-here (torch sum over 1 GiB). Prints a table, writes JSON.
+  2:4 fp32 values, fp32 activations, and dense torch fp32;
+  2:4 + int4 (Sparse24QuantLinear, group 128, fp16 scales) vs our dense int4 GPTQ kernel (QuantLinear, group 128),
+  bf16 activations (dtype "int4-bf16") and fp32 ("int4-fp32").
+Effective GB/s is the compressed weight bytes (values + bitmask; for int4 the tiles, scales and zeros) over the time,
+next to a read bandwidth measured here (torch sum over 1 GiB). Prints a table, writes JSON.
 
     python benchmarks/bench_sparse24.py --json benchmarks/results/sparse24_cpu_zen4.json
     python benchmarks/bench_sparse24.py --shapes 4096x11008 --m 1 --rounds 7
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gptq import _cpu_name, median_us, read_bandwidth_gbs  # noqa: E402
+from bench_gptq import _cpu_name, median_us, random_quant_layer, read_bandwidth_gbs  # noqa: E402
 
 import slimformer  # noqa: E402
 from slimformer.sparse24 import format as F  # noqa: E402
@@ -44,6 +46,20 @@ def make_layers(K: int, N: int, count: int, dtype: torch.dtype, seed: int = 0):
     return out
 
 
+def make_int4_layers(K: int, N: int, count: int, seed: int = 0):
+    """(Sparse24QuantLinear, dense int4 QuantLinear) pairs with random codes, masks and scales (group 128)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        mask = F.nm_mask(torch.rand(N, K, generator=g))
+        codes = torch.randint(0, 16, (N, K), generator=g, dtype=torch.int32)
+        G = -(-K // 128)
+        scales = (torch.rand(N, G, generator=g) * 0.01 + 1e-3).half()
+        sparse = slimformer.Sparse24QuantLinear.from_quantized(codes, mask, scales, torch.full((N, G), 8), 128)
+        out.append((sparse, random_quant_layer(K, N, 4, 128)))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["4096x11008", "11008x4096"], help="KxN (in x out)")
@@ -53,6 +69,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows (half the memory and time)")
+    p.add_argument("--no-int4", action="store_true", help="skip the 2:4 + int4 rows")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +100,28 @@ def main():
                       f"{r['dense_over_sparse']:5.2f}  2:4 reads {r['sparse_gbs']:5.1f} GB/s "
                       f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {bandwidth:.1f})", flush=True)
             del layers
+        if args.no_int4:
+            continue
+        layers = make_int4_layers(K, N, args.layers)
+        sp = layers[0][0]
+        nbytes = sp.tiles.numel() + sp.scales.numel() * 2 + sp.zeros.numel()
+        for label, dtype in [("int4-bf16", torch.bfloat16)] + ([] if args.no_fp32 else [("int4-fp32", torch.float32)]):
+            for M in tqdm(args.m, desc=f"{shape} {label}", leave=False):
+                x = torch.randn(M, K).to(dtype)
+                got = {"sparse": [], "dense": []}
+                for _ in range(args.repeats):
+                    got["sparse"].append(median_us(lambda i: layers[i][0](x), args.layers, args.rounds))
+                    got["dense"].append(median_us(lambda i: layers[i][1](x), args.layers, args.rounds))
+                s, d = statistics.median(got["sparse"]), statistics.median(got["dense"])
+                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, sparse_us=s, dense_us=d,
+                                 dense_over_sparse=d / s, sparse_gbs=nbytes / s / 1e3,
+                                 sparse_bandwidth_fraction=nbytes / s / 1e3 / bandwidth,
+                                 sparse_rounds_us=got["sparse"], dense_rounds_us=got["dense"], dense="int4 QuantLinear"))
+                r = rows[-1]
+                print(f"{shape:>11s} {label}  M={M:4d}  2:4+int4 {s:9.0f} us  dense int4 {d:9.0f} us  "
+                      f"int4/2:4+int4 {r['dense_over_sparse']:5.2f}  reads {r['sparse_gbs']:5.1f} GB/s "
+                      f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {bandwidth:.1f})", flush=True)
+        del layers
     meta = dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
                 cpu_features=slimformer.ops.cpu_features(), isa=slimformer.ops.cpu_isa(),
                 read_bandwidth_gbs=bandwidth, layers=args.layers, rounds=args.rounds, repeats=args.repeats)

@@ -147,14 +147,16 @@ def sweep() -> str:
 
 
 def sparse24_speed(name: str) -> str:
-    """bench_sparse24.py: per shape and dtype, 2:4 vs dense torch at each M."""
+    """bench_sparse24.py: per shape and dtype, 2:4 vs dense torch at each M (2:4 + int4 vs our dense int4)."""
     d = load(name)
     m = d["meta"]
     rows = [[r["shape"], r["dtype"], r["M"], round(r["sparse_us"]), round(r["dense_us"]), f"{r['dense_over_sparse']:.2f}",
              f"{r['sparse_us'] / r['dense_us']:.2f}", f"{r['sparse_gbs']:.1f} ({100 * r['sparse_bandwidth_fraction']:.0f}%)"]
             for r in d["rows"]]
     return table(["K x N", "dtype", "M", "2:4 us", "dense us", "dense / 2:4", "2:4 / dense", "2:4 reads GB/s (% of read bw)"],
-                 rows) + (f"\n\nRead bandwidth measured in the same run: {m['read_bandwidth_gbs']:.1f} GB/s; ISA path "
+                 rows) + ("\n\nRows `int4-bf16` / `int4-fp32`: 2:4 + int4 (`Sparse24QuantLinear`, group 128) against our "
+                          "dense int4 kernel (`QuantLinear`, group 128) in the \"dense\" column; the others against dense "
+                          "torch `F.linear` in that dtype." if any(r["dtype"].startswith("int4") for r in d["rows"]) else "") + (f"\n\nRead bandwidth measured in the same run: {m['read_bandwidth_gbs']:.1f} GB/s; ISA path "
                           f"`{m['isa']}`; {m['layers']} layers, {m['repeats']} alternating repeats of {m['rounds']} rounds "
                           f"(`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads).")
 

@@ -15,31 +15,35 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_sparse24_script_writes_its_json(tmp_path):
     out = tmp_path / "s.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sparse24.py"), "--shapes", "72x40",
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sparse24.py"), "--shapes", "128x40",
                           "--m", "1", "3", "--layers", "2", "--rounds", "1", "--repeats", "1", "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     d = json.loads(out.read_text())
-    assert {(r["dtype"], r["M"]) for r in d["rows"]} == {("bf16", 1), ("bf16", 3), ("fp32", 1), ("fp32", 3)}
+    assert {(r["dtype"], r["M"]) for r in d["rows"]} == {(t, m) for t in ("bf16", "fp32", "int4-bf16", "int4-fp32")
+                                                           for m in (1, 3)}
     assert all(r["sparse_us"] > 0 and r["dense_us"] > 0 for r in d["rows"])
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results_tables
     results_tables.RESULTS = tmp_path
-    assert "| 72x40 | bf16 | 3 |" in results_tables.sparse24_speed("s.json")
+    text = results_tables.sparse24_speed("s.json")
+    assert "| 128x40 | bf16 | 3 |" in text and "| 128x40 | int4-bf16 | 1 |" in text
 
 
 def test_bench_sparse24_kernel_runs_every_path():
     exe = Path(slimformer.__file__).parent / "bin" / "bench_sparse24_kernel"
     if not exe.exists():
         pytest.skip("built without SLIMFORMER_BUILD_BENCHMARKS")
-    run = subprocess.run([str(exe), "--k", "264", "--n", "37", "--m", "3", "--layers", "2", "--iters", "2",
-                          "--json"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    paths = {json.loads(line)["path"] for line in run.stdout.splitlines()}
-    assert {"scalar-f32", "scalar-bf16v"} <= paths
     isa = slimformer.ops.cpu_features().split()[0].split("=")[1]
-    if isa in ("avx512bf16",):
-        assert "avx512bf16-bf16" in paths
+    for k in (264, 256):  # the fused 2:4 + int4 kernel needs K % 64 == 0
+        run = subprocess.run([str(exe), "--k", str(k), "--n", "37", "--m", "3", "--layers", "2", "--iters", "2",
+                              "--json"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        paths = {json.loads(line)["path"] for line in run.stdout.splitlines()}
+        assert {"scalar-f32", "scalar-bf16v", "scalar-int4-f32"} <= paths
+        if isa in ("avx512bf16",):
+            assert "avx512bf16-bf16" in paths and "avx512bf16-int4-bf16" in paths
+            assert ("avx512bf16-int4-fused" in paths) == (k % 64 == 0)
 
 
 def test_demo_runs_every_variant_and_its_kernels_match(tmp_path, capsys):
