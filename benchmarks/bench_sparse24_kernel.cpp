@@ -5,7 +5,8 @@
 // "-bf16v") and, where the level has it, bf16 activations and values ("-bf16"); and 2:4 + int4 (group 128, fp16
 // scales, the tiles of the kernel layout) the way the op runs it: 8 rows unpacked into buffers then the sparse kernel
 // on them, "-int4-f32" (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and
-// "-int4-fused" (the kernel that multiplies the codes straight from the tiles, bf16 activations, K a multiple of 64).
+// "-int4-fused" / "-int4-fused-f32" (the kernels that multiply the codes straight from the tiles: bf16 activations
+// with K a multiple of 64, fp32 activations on any AVX-512 level with K a multiple of 32).
 // The int4 bytes are the tiles (codes + positions) and the fp16 scales + zeros.
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
@@ -135,14 +136,15 @@ int main(int argc, char** argv) {
   };
   if (!o.json)
     std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
-  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused };
+  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32 };
   for (const Path& p : paths)
-    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused}) {
+    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32}) {
       if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
       const CpuKernels& kern = p.kern();
       if ((kind == kBf16 || kind == kInt4Bf16) && kern.gemm_bf16 == nullptr) continue;
       if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 64)) continue;
-      const bool int4 = kind == kInt4F32 || kind == kInt4Bf16 || kind == kInt4Fused;
+      if (kind == kInt4FusedF32 && (kern.gemm_int4_f32 == nullptr || K % 32)) continue;
+      const bool int4 = kind >= kInt4F32;
       std::vector<GemmArgs> args(o.layers);
       for (int64_t l = 0; l < o.layers; ++l)
         args[l] = GemmArgs{M, K, N, x.data(), xb.data(),
@@ -161,8 +163,9 @@ int main(int argc, char** argv) {
               return;
             }
             const Int4Args q{K, N, 128, G, tiles[layer].data(), scales.data(), ScaleType::kHalf, zeros.data()};
-            if (kind == kInt4Fused) {  // whole tiles per thread
-              if (!kern.gemm_int4_bf16(args[layer], q, T * th / o.threads, T * (th + 1) / o.threads)) ok = false;
+            if (kind == kInt4Fused || kind == kInt4FusedF32) {  // whole tiles per thread
+              const auto fused = kind == kInt4Fused ? kern.gemm_int4_bf16 : kern.gemm_int4_f32;
+              if (!fused(args[layer], q, T * th / o.threads, T * (th + 1) / o.threads)) ok = false;
               return;
             }
             GemmArgs a = args[layer];
@@ -182,7 +185,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s: the kernel reported a mask that is not 2:4\n", p.name);
         return 1;
       }
-      static const char* const kSuffix[] = {"-f32", "-bf16v", "-bf16", "-int4-f32", "-int4-bf16", "-int4-fused"};
+      static const char* const kSuffix[] = {"-f32",      "-bf16v",     "-bf16",           "-int4-f32",
+                                            "-int4-bf16", "-int4-fused", "-int4-fused-f32"};
       const std::string name = std::string(p.name) + kSuffix[kind];
       // bytes read from memory: values and the bitmask, or the tiles and fp16 scales + zeros
       const double bytes = int4 ? double(T) * TB + 3.0 * N * G

@@ -72,6 +72,9 @@ struct CpuKernels {
   // the level multiplies bf16 natively (else nullptr); needs q.group_size a multiple of 64 and q.groups <=
   // kInt4MaxGroups. False when a position nibble is not a pair of distinct columns in order.
   bool (*gemm_int4_bf16)(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1);
+  // the same with fp32 activations (a.x) and fp32 arithmetic, on any AVX-512 level (else nullptr); needs K and
+  // q.group_size multiples of 32.
+  bool (*gemm_int4_f32)(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1);
 };
 
 const CpuKernels& cpu_kernels_scalar();

@@ -177,14 +177,11 @@ inline bool unpack_int4(const Int4Args& q, int64_t n0, int64_t n1, void* values,
   return values_bf16 ? unpack_rows<true>(q, n0, n1, values, bitmask) : unpack_rows<false>(q, n0, n1, values, bitmask);
 }
 
-#if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
-// ------------------------------------------------------------------------- the fused kernel (see the top)
+#if defined(__AVX512F__)
 #ifndef SF_S24_INT4_PREFETCH_BLOCKS
 #define SF_S24_INT4_PREFETCH_BLOCKS 8
 #endif
 constexpr int kInt4PrefetchBlocks = SF_S24_INT4_PREFETCH_BLOCKS;
-constexpr int kInt4MB = 2;  // activation rows sharing each decoded chunk
-
 // 8 qwords of position nibbles -> bit 2 of every nibble whose first column is not below its second: (second | 4)
 // - first - 1 has bit 2 set exactly when second > first, and never borrows across nibbles
 inline __m512i bad_positions(__m512i bits) {
@@ -194,6 +191,110 @@ inline __m512i bad_positions(__m512i bits) {
                                      _mm512_set1_epi64(0x1111111111111111ll));
   return _mm512_andnot_si512(d, m4);
 }
+
+// The tile's scales as fp32 and 128 + zero (rows past N: 0); whether every zero point is 8.
+inline bool int4_tile_constants(const Int4Args& q, int64_t n0, float* sc, float* zc) {
+  const int64_t G = q.groups;
+  __mmask16 asym = 0;
+  for (int r = 0; r < kTileRows; ++r) {
+    if (n0 + r >= q.N) {
+      for (int64_t g = 0; g < G; ++g) sc[r * G + g] = zc[r * G + g] = 0.f;
+      continue;
+    }
+    const int64_t i0 = (n0 + r) * G;
+    for (int64_t g = 0; g < G; g += 16) {
+      const __mmask16 m = static_cast<__mmask16>(G - g >= 16 ? 0xFFFF : (1u << (G - g)) - 1);
+      __m512 s;
+      if (q.scale_type == ScaleType::kHalf)
+        s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g));
+      else if (q.scale_type == ScaleType::kBFloat16)
+        s = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g)), 16));
+      else
+        s = _mm512_maskz_loadu_ps(m, static_cast<const float*>(q.scales) + i0 + g);
+      _mm512_mask_storeu_ps(sc + r * G + g, m, s);
+      const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q.zeros + i0 + g));
+      asym |= _mm512_mask_cmpneq_epi32_mask(m, z, _mm512_set1_epi32(8));
+      _mm512_mask_storeu_ps(zc + r * G + g, m, _mm512_add_ps(_mm512_cvtepi32_ps(z), _mm512_set1_ps(128.f)));
+    }
+  }
+  return asym == 0;
+}
+
+// ------------------------------------------------------------------ the fused fp32 kernel (any AVX-512 level)
+// fp32 activations: per 32-input sub-chunk (8 groups, 16 kept values) the dword index of kept value i is the 2-bit
+// field at bit 2i of the sub-chunk's 4 position bytes (vpsrlvd + ternlog, + 4 (i / 2)), vpermt2ps picks the
+// activations out of 32, and the values come from a per-row table of the group's 16 values (c - zero) * scale
+// (vpermps on the codes, zero-extended from bytes): exactly the fp32 values of the reference, with no fold at the
+// group's end. Sub-chunk s of a block reads the codes of kept values 16 s .. 16 s + 15: bytes 16 (s % 2) .. of the
+// row's 32, the high nibbles for s >= 2. Needs K and group_size multiples of 32.
+template <int MB>
+void gemm_int4_f32_tile(const GemmArgs& a, const Int4Args& q, const uint8_t* tile, const float* sc, const float* zc,
+                        int64_t n0, int64_t m0, __m512i& bad) {
+  constexpr int R = kTileRows;
+  const int64_t K = a.K, G = q.groups, subs = K / 32, subs_per_group = q.group_size / 32;
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  const __m512i three = _mm512_set1_epi32(3);
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const float* xrow = a.x + m0 * K;
+  __m512 acc[R][MB], table[R];
+  for (int r = 0; r < R; ++r)
+    for (int mb = 0; mb < MB; ++mb) acc[r][mb] = _mm512_setzero_ps();
+  for (int64_t sub = 0; sub < subs; ++sub) {
+    const uint8_t* blk = tile + (sub / 4) * kTileBlockBytes;
+    const int s = static_cast<int>(sub % 4);
+    if (s == 0) {
+      if constexpr (kInt4PrefetchBlocks > 0)
+        for (int l = 0; l < 3; ++l) __builtin_prefetch(blk + kInt4PrefetchBlocks * kTileBlockBytes + 64 * l);
+      if (m0 == 0) bad = _mm512_or_si512(bad, bad_positions(_mm512_loadu_si512(blk + 128)));
+    }
+    if (sub % subs_per_group == 0) {  // a new group: each row's table of (c - zero) * scale
+      const int64_t g = sub / subs_per_group;
+      for (int r = 0; r < R; ++r)
+        table[r] = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zc[r * G + g] - 128.f)),
+                                 _mm512_set1_ps(sc[r * G + g]));
+    }
+    __m512 xlo[MB], xhi[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      xlo[mb] = _mm512_loadu_ps(xrow + mb * K + sub * 32);
+      xhi[mb] = _mm512_loadu_ps(xrow + mb * K + sub * 32 + 16);
+    }
+    for (int r = 0; r < R; ++r) {
+      uint32_t bits;
+      std::memcpy(&bits, blk + 128 + 16 * r + 4 * s, 4);
+      const __m512i idx = _mm512_ternarylogic_epi32(
+          _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), shifts), three, base, 0xEA);  // (f & 3) | base
+      const __m512i codes = _mm512_cvtepu8_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 32 * r + 16 * (s % 2))));
+      const __m512 val = _mm512_permutexvar_ps(s >= 2 ? _mm512_srli_epi32(codes, 4) : codes, table[r]);
+      for (int mb = 0; mb < MB; ++mb)
+        acc[r][mb] = _mm512_fmadd_ps(val, _mm512_permutex2var_ps(xlo[mb], idx, xhi[mb]), acc[r][mb]);
+    }
+  }
+  for (int r = 0; r < R && n0 + r < a.N; ++r)
+    for (int mb = 0; mb < MB; ++mb) a.y[(m0 + mb) * a.N + n0 + r] = _mm512_reduce_add_ps(acc[r][mb]);
+}
+
+inline bool gemm_int4_f32(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1) {
+  if (q.groups > kInt4MaxGroups || q.group_size % 32 || a.K % 32) return false;  // the glue never sends these
+  alignas(64) float sc[kTileRows * kInt4MaxGroups], zc[kTileRows * kInt4MaxGroups];
+  __m512i bad = _mm512_setzero_si512();
+  const int64_t TB = tile_bytes(a.K);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n0 = t * kTileRows;
+    int4_tile_constants(q, n0, sc, zc);
+    cpu::SF_ISA_NS::for_row_blocks<2>(a.M, [&](auto mb, int64_t m0) {
+      gemm_int4_f32_tile<decltype(mb)::value>(a, q, q.tiles + t * TB, sc, zc, n0, m0, bad);
+    });
+  }
+  return _mm512_test_epi64_mask(bad, bad) == 0;
+}
+#endif
+
+#if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
+// ------------------------------------------------------------------------- the fused kernel (see the top)
+constexpr int kInt4MB = 2;  // activation rows sharing each decoded chunk
 
 // One tile (rows n0 .. n0 + 3; outputs stored for rows < N) against activation rows [m0, m0 + MB).
 template <int MB, bool kSym>
@@ -274,35 +375,6 @@ void gemm_int4_tile(const GemmArgs& a, const Int4Args& q, const uint8_t* tile, c
   }
   for (int r = 0; r < R && n0 + r < a.N; ++r)
     for (int mb = 0; mb < MB; ++mb) a.y[(m0 + mb) * a.N + n0 + r] = _mm512_reduce_add_ps(total[r][mb]);
-}
-
-// The tile's scales as fp32 and 128 + zero (rows past N: 0); whether every zero point is 8.
-inline bool int4_tile_constants(const Int4Args& q, int64_t n0, float* sc, float* zc) {
-  const int64_t G = q.groups;
-  __mmask16 asym = 0;
-  for (int r = 0; r < kTileRows; ++r) {
-    if (n0 + r >= q.N) {
-      for (int64_t g = 0; g < G; ++g) sc[r * G + g] = zc[r * G + g] = 0.f;
-      continue;
-    }
-    const int64_t i0 = (n0 + r) * G;
-    for (int64_t g = 0; g < G; g += 16) {
-      const __mmask16 m = static_cast<__mmask16>(G - g >= 16 ? 0xFFFF : (1u << (G - g)) - 1);
-      __m512 s;
-      if (q.scale_type == ScaleType::kHalf)
-        s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g));
-      else if (q.scale_type == ScaleType::kBFloat16)
-        s = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales) + i0 + g)), 16));
-      else
-        s = _mm512_maskz_loadu_ps(m, static_cast<const float*>(q.scales) + i0 + g);
-      _mm512_mask_storeu_ps(sc + r * G + g, m, s);
-      const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q.zeros + i0 + g));
-      asym |= _mm512_mask_cmpneq_epi32_mask(m, z, _mm512_set1_epi32(8));
-      _mm512_mask_storeu_ps(zc + r * G + g, m, _mm512_add_ps(_mm512_cvtepi32_ps(z), _mm512_set1_ps(128.f)));
-    }
-  }
-  return asym == 0;
 }
 
 inline bool gemm_int4_bf16(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1) {

@@ -443,9 +443,13 @@ namespace sparse24 {
 namespace SF_ISA_NS {
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, &gemm_bf16, &unpack_int4, &gemm_int4_bf16}; }
+inline CpuKernels kernels() {
+  return CpuKernels{&gemm, &decompress, &gemm_bf16, &unpack_int4, &gemm_int4_bf16, &gemm_int4_f32};
+}
+#elif defined(__AVX512F__)
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, &gemm_int4_f32}; }
 #else
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr}; }
+inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, nullptr}; }
 #endif
 
 }  // namespace SF_ISA_NS

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <limits>
@@ -43,6 +44,11 @@ int64_t large_m_threshold(bool native_bf16) {
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
 // cache between the decompression and the GEMM that reads it (256 and 1024 measured no better at M=64 and 128).
 constexpr int64_t kDenseTileRows = 512;
+// Activation rows from which fp32 2:4 + int4 unpacks rows into the 2:4 fp32 kernel (4 x 4 accumulators) instead of
+// the fused fp32 kernel (4 x 2). Measured on Zen 4 (bench_sparse24_kernel, 2 threads, 8 x 4096x11008, us per layer,
+// unpacked / fused): M=1 4259 / 967, M=4 5034 / 2833, M=8 7109 / 5191, M=16 12897 / 11309; through the op at M=16
+// the unpacked route measured 10595 against 11869 fused, so the fused kernel stops below 16.
+constexpr int64_t kInt4FusedF32Rows = 16;
 // Output rows per thread task in the sparse kernel (each row is K/2 values).
 constexpr int64_t kRowGrain = 32;
 
@@ -173,16 +179,24 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
   const int64_t N = scales.size(0), M = x.numel() / K;
   const Int4Args q{K, N, gs, scales.size(1), tiles.data_ptr<uint8_t>(), scales.data_ptr(), st,
                    zeros.data_ptr<uint8_t>()};
-  if (bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 && q.groups <= kInt4MaxGroups &&
-      M > 0 && M < large_m_threshold(true)) {
-    // the fused kernel, a tile (4 rows) at a time: codes straight into the bf16 products
-    const at::Tensor xin = x.reshape({M, K}).contiguous();
+  // the fused kernels, a tile (4 rows) at a time, codes straight into the products: bf16 activations where the CPU
+  // multiplies bf16 (below the tile threshold), else fp32 arithmetic below kInt4FusedF32Rows
+  const bool fused_bf16 = bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 &&
+                          M < large_m_threshold(true);
+  const bool fused_f32 = !bf16 && kern.gemm_int4_f32 != nullptr && K % 32 == 0 && gs % 32 == 0 &&
+                         M < std::min(kInt4FusedF32Rows, large_m_threshold(false));
+  if ((fused_bf16 || fused_f32) && q.groups <= kInt4MaxGroups && M > 0) {
+    const at::Tensor xin = x.reshape({M, K}).to(fused_bf16 ? at::kBFloat16 : at::kFloat).contiguous();
     at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-    const GemmArgs args{M, K, N, nullptr, reinterpret_cast<const uint16_t*>(xin.data_ptr()), nullptr, true,
-                        nullptr, y.data_ptr<float>()};
+    GemmArgs args{M, K, N, nullptr, nullptr, nullptr, fused_bf16, nullptr, y.data_ptr<float>()};
+    if (fused_bf16)
+      args.xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
+    else
+      args.x = xin.data_ptr<float>();
+    const auto fn = fused_bf16 ? kern.gemm_int4_bf16 : kern.gemm_int4_f32;
     std::atomic<bool> ok{true};
     at::parallel_for(0, tiles.size(0), kRowGrain / kTileRows, [&](int64_t t0, int64_t t1) {
-      if (!kern.gemm_int4_bf16(args, q, t0, t1)) ok = false;
+      if (!fn(args, q, t0, t1)) ok = false;
     });
     TORCH_CHECK(ok.load(), kNotPairs);
     if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
