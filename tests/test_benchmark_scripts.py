@@ -52,7 +52,8 @@ def test_demo_runs_every_variant_and_its_kernels_match(tmp_path, capsys):
     demo.main(["--hidden", "128", "--layers", "1", "--vocab", "256", "--reps", "1", "--prompt-len", "16",
                "--json", str(out)])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"dense fp32", "int4 g128", "int3 g128", "dense bf16", "2:4 FFN bf16"}
+    assert set(rows) == {"dense fp32", "int4 g128", "int3 g128", "dense bf16", "2:4 FFN bf16", "2:4+int4 FFN"}
     assert rows["int4 g128"]["kernel_err"] < 1e-5 and rows["2:4 FFN bf16"]["kernel_err"] < 2e-2
-    assert rows["2:4 FFN bf16"]["linear_mib"] < rows["dense bf16"]["linear_mib"]
+    assert rows["2:4+int4 FFN"]["kernel_err"] < 2e-2
+    assert rows["2:4+int4 FFN"]["linear_mib"] < rows["2:4 FFN bf16"]["linear_mib"] < rows["dense bf16"]["linear_mib"]
     assert "2:4 FFN bf16" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """`make demo`: quantize a small LLaMA-shaped transformer (built from a config, random weights: no model hub is
 needed) to GPTQ-format int4 and int3 with round-to-nearest, prune its feed-forward linears to 2:4 (magnitude, bf16
-values), and compare outputs, size and speed with the dense model.
+values; and 2:4 + int4), and compare outputs, size and speed with the dense model.
 
     python -m slimformer.demo [--hidden 1024] [--layers 4] [--bits 4 3]
 """
@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from . import QuantLinear, Sparse24Linear, ops, replace_linear
+from . import QuantLinear, Sparse24Linear, Sparse24QuantLinear, ops, replace_linear
 
 
 def build_model(hidden: int, layers: int, vocab: int):
@@ -29,7 +29,7 @@ def build_model(hidden: int, layers: int, vocab: int):
 def linear_bytes(model: nn.Module) -> int:
     total = 0
     for m in model.modules():
-        if isinstance(m, (QuantLinear, Sparse24Linear)):
+        if isinstance(m, (QuantLinear, Sparse24Linear, Sparse24QuantLinear)):
             total += sum(t.numel() * t.element_size() for t in m.state_dict().values())
         elif isinstance(m, nn.Linear) and m.out_features != model.config.vocab_size:
             total += sum(p.numel() * p.element_size() for p in m.parameters())
@@ -89,6 +89,16 @@ def main(argv=None):
         if isinstance(m, Sparse24Linear):
             deq.get_submodule(name).weight.data = m.to_dense()
     variants.append(("2:4 FFN bf16", sparse, deq))
+    # 2:4 + int4 feed-forward linears (magnitude mask, round-to-nearest codes; bf16 activations)
+    sparse4 = copy.deepcopy(dense_bf16)
+    replace_linear(sparse4, lambda name, lin: Sparse24QuantLinear.from_dense(lin.weight, bias=lin.bias,
+                                                                             group_size=args.group_size),
+                   include=("*.mlp.*",), progress=True)
+    deq = copy.deepcopy(dense_bf16)
+    for name, m in sparse4.named_modules():
+        if isinstance(m, Sparse24QuantLinear):
+            deq.get_submodule(name).weight.data = m.to_dense().to(torch.bfloat16)
+    variants.append(("2:4+int4 FFN", sparse4, deq))
 
     with torch.inference_mode():
         ref = dense(prompt).logits.float()
@@ -129,7 +139,8 @@ def main(argv=None):
     print("\nkernel err: logits vs. the dense model holding the same dequantized weights (the kernels' exactness).\n"
           "logit rel err / top-1 agree: vs. the fp32 model; with random weights this is rounding noise on near-flat\n"
           "logits, not task quality (GPTQ and 2:4 on trained models: the README's quality tables). lm_head, embeddings\n"
-          "and norms stay dense; 2:4 FFN bf16 compares with dense bf16 (its kernel err: vs. bf16 dense with its zeros).")
+          "and norms stay dense; the 2:4 rows run bf16 activations (their kernel err: vs. bf16 dense with the same\n"
+          "weights and zeros, so bf16 rounding).")
 
 
 if __name__ == "__main__":
