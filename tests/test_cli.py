@@ -131,6 +131,16 @@ def test_sparsify_eval_bench(workspace, capsys):
     assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama-mag"), "--method", "magnitude",
                      "--n", "4", "--m", "8", "--targets", "all"]) == 0
     assert "saved 14 4:8 layers" in capsys.readouterr().out
+    # the joint pass: 2:4 + int4 layers, which eval loads back
+    assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama-24-int4"), "--calib",
+                     str(workspace / "text.txt"), "--nsamples", "4", "--seqlen", "32", "--bits", "4",
+                     "--group-size", "32"]) == 0
+    capsys.readouterr()
+    qc = json.loads((workspace / "llama-24-int4" / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "slimformer-sparse-24-int4"
+    assert cli.main(["eval", str(workspace / "llama-24-int4"), "--text", str(workspace / "text.txt"),
+                     "--seqlen", "64"]) == 0
+    assert 1 < json.loads(capsys.readouterr().out)["perplexity"] < 1e4
     assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "x"), "--method", "wanda"]) == 2
     assert "--calib FILE.txt is required for wanda" in capsys.readouterr().err
     assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama")]) == 2

@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="SparseGPT toward the full-precision model's outputs (GPTQv2-style asymmetric calibration)")
     s.add_argument("--asym-alpha", type=float, default=0.25, help="strength of the asymmetric correction")
     s.add_argument("--bits", type=int, default=None,
-                   help="also quantize the kept weights with GPTQ in the same pass (SparseGPT only)")
+                   help="also quantize the kept weights with GPTQ in the same pass (SparseGPT only); 4 gives "
+                        "packed 2:4 + int4 layers")
     s.add_argument("--group-size", type=int, default=128)
     s.add_argument("--device", default=None, help="where blocks are processed (e.g. cuda); default: cpu")
 
