@@ -88,14 +88,18 @@ struct Int4Values {
   }
 };
 
+// y [M, N] (fp32, or bf16 from the tile route) + bias, in x's dtype and leading shape
+at::Tensor finish(at::Tensor& y, const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t N) {
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
+  return y.to(x.scalar_type()).view(output_shape(x, N));
+}
+
 // y = x @ W^T (+ bias) with W's values from `vals` (bf16 or fp32 as values_bf16 says) and the bitmask.
 template <class Values>
 at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16, int64_t K, int64_t N,
                        const c10::optional<at::Tensor>& bias, const char* bad_message) {
   const int64_t M = x.numel() / K;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  if (M == 0) return at::empty(out_shape, x.options());
+  if (M == 0) return at::empty(output_shape(x, N), x.options());
   const CpuKernels& kern = kCpuKernels.active();
   at::Tensor y;
   std::atomic<bool> ok{true};
@@ -149,8 +153,7 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
     }
   }
   TORCH_CHECK(ok.load(), bad_message);
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
-  return y.to(x.scalar_type()).view(out_shape);
+  return finish(y, x, bias, N);
 }
 
 at::Tensor sparse24_gemm_cpu(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& bitmask_in,
@@ -199,10 +202,7 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
       if (!fn(args, q, t0, t1)) ok = false;
     });
     TORCH_CHECK(ok.load(), kNotPairs);
-    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-    std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-    out_shape.back() = N;
-    return y.to(x.scalar_type()).view(out_shape);
+    return finish(y, x, bias, N);
   }
   const Int4Values vals{&kern, q, bf16};
   return sparse_gemm(x, vals, bf16, K, N, bias, kNotPairs);

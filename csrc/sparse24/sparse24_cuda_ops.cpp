@@ -31,8 +31,7 @@ at::Tensor sparse24_gemm_cuda(const at::Tensor& x, const at::Tensor& values_in, 
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor values = values_in.contiguous(), bitmask = bitmask_in.contiguous();
   const int64_t N = values.size(0), M = x.numel() / K;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
+  const std::vector<int64_t> out_shape = output_shape(x, N);
   at::Tensor y = at::empty(out_shape, x.options());
   if (M == 0) return y;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

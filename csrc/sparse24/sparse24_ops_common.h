@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "sparse24/sparse24_cpu.h"
 
 namespace slimformer {
@@ -22,6 +24,13 @@ inline void check_common(const at::Tensor& x, const at::Tensor& bitmask, const c
                 "bias must be a floating-point [out_features] = [", N, "] tensor, got ",
                 c10::toString(bias->scalar_type()), " ", bias->sizes());
   }
+}
+
+// The shape of y: x's with the last dimension N.
+inline std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
 }
 
 inline void check_x(const at::Tensor& x, int64_t K) {

@@ -111,7 +111,8 @@ def config_block(model: nn.Module, layers: dict[str, nn.Module]) -> dict:
 def _state(name: str, layer: nn.Module, block: dict) -> dict:
     shape = torch.tensor([layer.out_features, layer.in_features], dtype=torch.int64).reshape(-1, 1)
     if isinstance(layer, Sparse24QuantLinear):
-        return {"compressed": layer.qvalues, "bitmask": layer.bitmask, "shape": shape, "bias": layer.bias,
+        qvalues, bitmask = layer.plain()
+        return {"compressed": qvalues, "bitmask": bitmask, "shape": shape, "bias": layer.bias,
                 "weight_scale": layer.scales, "weight_zero_point": layer.zeros}
     return {"compressed": layer.values, "bitmask": layer.bitmask, "shape": shape, "bias": layer.bias}
 

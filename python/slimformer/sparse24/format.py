@@ -172,16 +172,11 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)
 
 
-def check_int4(qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, shape,
-               group_size: int) -> torch.Tensor:
-    """Checks a 2:4 + int4 weight of this shape [out, in]; returns the bool mask [out, in]."""
+def check_int4_groups(scales: torch.Tensor, zeros: torch.Tensor, shape, group_size: int) -> None:
+    """Checks the scales and zero points of a 2:4 + int4 weight of this shape [out, in]."""
     rows, cols = (int(s) for s in shape)
-    check_in_features(cols, 4)
     gs = check_int4_group_size(group_size, cols)
     groups = -(-cols // gs)
-    if qvalues.dtype != torch.uint8 or tuple(qvalues.shape) != (rows, cols // 4):
-        raise ValueError(f"qvalues of a 2:4 + int4 [{rows}, {cols}] weight must be uint8 [{rows}, {cols // 4}], got "
-                         f"{qvalues.dtype} {tuple(qvalues.shape)}")
     if scales.dtype not in FLOAT_DTYPES or tuple(scales.shape) != (rows, groups):
         raise ValueError(f"scales must be fp32/bf16/fp16 [{rows}, {groups}] (group_size {gs}), got {scales.dtype} "
                          f"{tuple(scales.shape)}")
@@ -189,6 +184,17 @@ def check_int4(qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tenso
         raise ValueError(f"zeros must be uint8 [{rows}, {groups}], got {zeros.dtype} {tuple(zeros.shape)}")
     if bool((zeros > 15).any()):
         raise ValueError("int4 zero points must lie in 0..15")
+
+
+def check_int4(qvalues: torch.Tensor, bitmask: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, shape,
+               group_size: int) -> torch.Tensor:
+    """Checks a 2:4 + int4 weight of this shape [out, in]; returns the bool mask [out, in]."""
+    rows, cols = (int(s) for s in shape)
+    check_in_features(cols, 4)
+    if qvalues.dtype != torch.uint8 or tuple(qvalues.shape) != (rows, cols // 4):
+        raise ValueError(f"qvalues of a 2:4 + int4 [{rows}, {cols}] weight must be uint8 [{rows}, {cols // 4}], got "
+                         f"{qvalues.dtype} {tuple(qvalues.shape)}")
+    check_int4_groups(scales, zeros, shape, group_size)
     if bitmask.dim() != 2 or bitmask.shape[0] != rows:
         raise ValueError(f"bitmask must have {rows} rows, got shape {tuple(bitmask.shape)}")
     mask = unpack_bitmask(bitmask, cols)
@@ -206,17 +212,6 @@ def dequantize_int4_values(qvalues: torch.Tensor, scales: torch.Tensor, zeros: t
     s = scales.to(torch.float32)[:, group]
     z = zeros.to(torch.float32)[:, group]
     return (codes - z) * s
-
-
-def quantize_int4_values(values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, in_features: int,
-                         group_size: int) -> torch.Tensor:
-    """Codes [out, in / 2] (int32, 0..15) of kept values on the grid (round(v / scale) + zero, clamped)."""
-    gs = check_int4_group_size(group_size, in_features)
-    group = (torch.arange(in_features // 2, device=values.device) // 2 * 4) // gs
-    s = scales.to(torch.float32)[:, group]
-    z = zeros.to(torch.float32)[:, group]
-    q = torch.round(values.to(torch.float32) / torch.where(s == 0, torch.ones_like(s), s)) + z
-    return q.clamp(0, 15).to(torch.int32)
 
 
 # The kernel layout of 2:4 + int4 ("tiles"), what Sparse24QuantLinear keeps in memory and the op reads (the layout

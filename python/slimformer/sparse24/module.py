@@ -201,15 +201,19 @@ class Sparse24QuantLinear(nn.Module):
         return cls.from_quantized(codes, mask, torch.stack(scales, 1), torch.stack(zeros, 1), group_size, bias,
                                   scales_dtype=scales_dtype)
 
+    def plain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(qvalues, bitmask): the codes and kept columns in the plain layout, unpacked from the tiles."""
+        return fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)
+
     @property
     def qvalues(self) -> torch.Tensor:
         """The 4-bit codes of the kept values in the plain layout, uint8 [out, in / 4]."""
-        return fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)[0]
+        return self.plain()[0]
 
     @property
     def bitmask(self) -> torch.Tensor:
         """The kept columns, uint8 [out, ceil(in / 8)] (the sparse-24-bitmask layout)."""
-        return fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)[1]
+        return self.plain()[1]
 
     def set_plain(self, qvalues: torch.Tensor, bitmask: torch.Tensor):
         """Replaces the codes and mask from the plain layout (checked: 2:4, shapes)."""
@@ -225,14 +229,16 @@ class Sparse24QuantLinear(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """The weight [out, in] with its zeros, fp32."""
-        return fmt.decompress(self.dequantized_values(), self.bitmask, (self.out_features, self.in_features))
+        qvalues, bitmask = self.plain()
+        values = fmt.dequantize_int4_values(qvalues, self.scales, self.zeros, self.in_features, self.group_size)
+        return fmt.decompress(values, bitmask, (self.out_features, self.in_features))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, 2:4 + int4, "
                 f"group_size={self.group_size}, scales={self.scales.dtype}, bias={self.bias is not None}")
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        qvalues, bitmask = fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features)
+        qvalues, bitmask = self.plain()
         destination[prefix + "qvalues"], destination[prefix + "bitmask"] = qvalues, bitmask
         for name in ("scales", "zeros", "bias"):
             t = getattr(self, name)
@@ -261,9 +267,8 @@ class Sparse24QuantLinear(nn.Module):
                 setattr(self, leaf, torch.empty_like(mine, dtype=t.dtype))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        try:
-            fmt.check_int4(*fmt.unpack_int4_tiles(self.tiles, self.out_features, self.in_features), self.scales,
-                           self.zeros, (self.out_features, self.in_features), self.group_size)
+        try:  # the codes and mask were checked when packed into tiles
+            fmt.check_int4_groups(self.scales, self.zeros, (self.out_features, self.in_features), self.group_size)
         except ValueError as e:
             error_msgs.append(f"{prefix}: {e}")
 
