@@ -20,6 +20,6 @@ except ImportError:  # transformers missing: kernels and modules still work
     pass
 else:
     _register_with_transformers()
-__all__ = ["QuantLinear", "quantize_weight", "set_activation_mode", "GPTQConfig", "quantize", "save_pretrained", "load_pretrained",
-           "CheckpointError", "replace_linear", "Sparse24Linear", "Sparse24QuantLinear", "Sparse24Config", "sparsify", "prune_weight",
-           "ops", "FORMATS", "WeightFormat", "get_format", "__version__"]
+__all__ = ["QuantLinear", "quantize_weight", "set_activation_mode", "GPTQConfig", "quantize", "save_pretrained",
+           "load_pretrained", "CheckpointError", "replace_linear", "Sparse24Linear", "Sparse24QuantLinear",
+           "Sparse24Config", "sparsify", "prune_weight", "ops", "FORMATS", "WeightFormat", "get_format", "__version__"]
