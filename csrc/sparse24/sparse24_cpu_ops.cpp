@@ -88,6 +88,17 @@ struct Int4Values {
   }
 };
 
+// fn(r0, r1, the RowBlock of rows [r0, r1)) for rows [n0, n1) in blocks of Values::kBlockRows (one buffer reused)
+template <class Values, class Fn>
+void for_row_blocks(const Values& vals, int64_t n0, int64_t n1, Fn&& fn) {
+  std::vector<uint8_t> buf;
+  for (int64_t r0 = n0; r0 < n1;) {
+    const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
+    fn(r0, r1, vals.rows(r0, r1, buf));
+    r0 = r1;
+  }
+}
+
 // y [M, N] (fp32, or bf16 from the tile route) + bias, in x's dtype and leading shape
 at::Tensor finish(at::Tensor& y, const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t N) {
   if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
@@ -120,16 +131,13 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
       args.x = xin.data_ptr<float>();
     }
     at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
-      std::vector<uint8_t> buf;
       GemmArgs a = args;
-      for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
-        const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
-        const RowBlock rb = vals.rows(r0, r1, buf);
+      for_row_blocks(vals, n0, n1, [&](int64_t r0, int64_t r1, const RowBlock& rb) {
         a.values = rb.values;
         a.bitmask = rb.bitmask;
         a.row0 = r0;
         if (!rb.ok || !fn(a, r0, r1)) ok = false;
-      }
+      });
     });
   } else {
     const at::ScalarType dt = native_bf16 ? at::kBFloat16 : at::kFloat;
@@ -139,15 +147,12 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
     for (int64_t t0 = 0; t0 < N && ok; t0 += kDenseTileRows) {
       const int64_t rows = std::min(kDenseTileRows, N - t0);
       at::parallel_for(t0, t0 + rows, 16, [&](int64_t n0, int64_t n1) {
-        std::vector<uint8_t> buf;
-        for (int64_t r0 = n0; r0 < n1; r0 += std::min(Values::kBlockRows, n1 - r0)) {
-          const int64_t r1 = r0 + std::min(Values::kBlockRows, n1 - r0);
-          const RowBlock rb = vals.rows(r0, r1, buf);
+        for_row_blocks(vals, n0, n1, [&](int64_t r0, int64_t r1, const RowBlock& rb) {
           DecompressArgs a{K, N, rb.values, values_bf16, rb.bitmask,
                            static_cast<uint8_t*>(tile.data_ptr()) + (r0 - t0) * K * tile.element_size(),
                            dt == at::kBFloat16, r0};
           if (!rb.ok || !kern.decompress(a, r0, r1)) ok = false;
-        }
+        });
       });
       y.narrow(1, t0, rows).copy_(at::mm(x2, tile.narrow(0, 0, rows).t()));
     }
