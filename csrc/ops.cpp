@@ -39,6 +39,9 @@ TORCH_LIBRARY(slimformer, m) {
   m.def(
       "sparse24_int4_gemm(Tensor x, Tensor tiles, Tensor scales, Tensor zeros, Tensor? bias, int in_features, "
       "int group_size) -> Tensor");
+  // The CUDA tensor-core 2:4 kernel's register gathers run on the CPU around an emulation of mma.sp (a test hook;
+  // csrc/sparse24/sparse24_mma_emulate.cpp). x and values both bfloat16 or both float16.
+  m.def("_sparse24_mma_emulate(Tensor x, Tensor values, Tensor bitmask, Tensor? bias, int in_features) -> Tensor");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

@@ -62,6 +62,25 @@ def test_cuda_sparse24_matches_reference(K, N, dtype):
     assert torch.isnan(y[:, 3]).all() and torch.isfinite(y[:, :3]).all()
 
 
+@pytest.mark.parametrize("K,N", [(4, 1), (36, 17), (100, 45), (4096, 256)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_sparse24_tensor_cores_match_emulation(K, N, dtype):
+    # bf16/fp16 at M <= 32 take mma.sp: the same outputs as the CPU emulation of that kernel (test_sparse24_mma.py)
+    # up to the order of the fp32 sums, and an input starting off a 4-byte boundary is copied, not misread
+    from slimformer.sparse24 import format as S
+    w = torch.randn(N, K)
+    values, bitmask = S.compress(w.to(dtype), S.nm_mask(w.abs()))
+    for M in (1, 8, 9, 32):
+        x = torch.randn(M, K).to(dtype)
+        emu = torch.ops.slimformer._sparse24_mma_emulate(x, values, bitmask, None, K)
+        y = torch.ops.slimformer.sparse24_gemm(x.cuda(), values.cuda(), bitmask.cuda(), None, K).cpu()
+        assert rel_err(y, emu) < 4e-3, (M, rel_err(y, emu))
+    flat = torch.cat([torch.zeros(1, dtype=dtype), x.reshape(-1)]).cuda()
+    x_odd = flat[1:].view(M, K)  # data_ptr 2 bytes past an allocation
+    y = torch.ops.slimformer.sparse24_gemm(x_odd, values.cuda(), bitmask.cuda(), None, K).cpu()
+    assert rel_err(y, emu) < 4e-3
+
+
 @pytest.mark.parametrize("K,N,gs", [(40, 67, 8), (264, 33, -1), (4096, 256, 128)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_cuda_sparse24_int4_matches_reference(K, N, gs, dtype):

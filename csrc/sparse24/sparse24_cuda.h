@@ -14,7 +14,8 @@ namespace sparse24 {
 
 using ::slimformer::CudaDType;
 
-// Rows up to which the sparse kernel runs; larger M decompresses and calls cuBLAS through the torch glue.
+// Rows up to which the sparse kernels run (the tensor-core one for bf16/fp16, else the warp-per-row one); larger M
+// decompresses and calls cuBLAS through the torch glue. Not yet measured on a GPU.
 constexpr int64_t kCudaSparseMaxRows = 32;
 
 // y [M, N] (dtype ydt) = x [M, K] @ W^T + bias (bias may be null). A row of W whose mask has a group that is not
@@ -22,6 +23,12 @@ constexpr int64_t kCudaSparseMaxRows = 32;
 cudaError_t launch_gemm(const void* x, CudaDType xdt, const void* values, CudaDType vdt, const uint8_t* bitmask,
                         const void* bias, CudaDType bdt, void* y, CudaDType ydt, int64_t M, int64_t K, int64_t N,
                         cudaStream_t stream);
+
+// The same product on the sparse tensor cores (mma.sp, sm_80+): x and values both bf16 (bf16 = true) or both fp16,
+// 4-byte aligned, K a multiple of 4; M up to 65535 x 32. Bad groups give NaN rows as above.
+cudaError_t launch_mma_sp(const void* x, const void* values, bool bf16, const uint8_t* bitmask, const void* bias,
+                          CudaDType bdt, void* y, CudaDType ydt, int64_t M, int64_t K, int64_t N,
+                          cudaStream_t stream);
 
 // dense [N, K] (dtype ddt) = W with its zeros (NaN rows for groups that are not 2:4, as above).
 cudaError_t launch_decompress(const void* values, CudaDType vdt, const uint8_t* bitmask, void* dense, CudaDType ddt,

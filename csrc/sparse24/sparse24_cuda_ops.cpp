@@ -20,6 +20,21 @@ CudaDType cuda_dtype(const at::Tensor& t) {
   }
 }
 
+// The tensor cores take x and the values when both are bf16 or both fp16 on an sm_80+ device.
+bool tensor_core_route(const at::Tensor& x, const at::Tensor& values) {
+  const auto dt = x.scalar_type();
+  if ((dt != at::kBFloat16 && dt != at::kHalf) || values.scalar_type() != dt) return false;
+  int major = 0;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index()) == cudaSuccess &&
+         major >= 8;
+}
+
+// The kernels read pairs of 16-bit elements as 32-bit words: a tensor whose data starts off a 4-byte boundary (a
+// view with an odd offset) is copied.
+at::Tensor aligned4(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 4 == 0 ? t : t.clone();
+}
+
 void check_cuda(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
@@ -39,6 +54,15 @@ at::Tensor sparse24_gemm_cuda(const at::Tensor& x, const at::Tensor& values_in, 
   if (M <= kCudaSparseMaxRows) {
     const bool has_bias = bias.has_value() && bias->defined();
     const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    if (tensor_core_route(x2, values)) {
+      const at::Tensor xa = aligned4(x2), va = aligned4(values);
+      check_cuda(launch_mma_sp(xa.data_ptr(), va.data_ptr(), xa.scalar_type() == at::kBFloat16,
+                               bitmask.data_ptr<uint8_t>(), has_bias ? b.data_ptr() : nullptr,
+                               has_bias ? cuda_dtype(b) : CudaDType::kFloat32, y.data_ptr(), cuda_dtype(y), M, K, N,
+                               stream),
+                 "sparse24 tensor-core kernel");
+      return y;
+    }
     check_cuda(launch_gemm(x2.data_ptr(), cuda_dtype(x2), values.data_ptr(), cuda_dtype(values),
                            bitmask.data_ptr<uint8_t>(), has_bias ? b.data_ptr() : nullptr,
                            has_bias ? cuda_dtype(b) : CudaDType::kFloat32, y.data_ptr(), cuda_dtype(y), M, K, N,

@@ -64,6 +64,10 @@ if HAS_NATIVE:
         torch._check(x.shape[-1] == in_features, lambda: f"x must end in {in_features}, got {tuple(x.shape)}")
         return x.new_empty((*x.shape[:-1], scales.shape[0]))
 
+    @torch.library.register_fake("slimformer::_sparse24_mma_emulate")
+    def _sparse24_mma_emulate_fake(x, values, bitmask, bias, in_features):
+        return _sparse24_gemm_fake(x, values, bitmask, bias, in_features)
+
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
         return words.new_empty((count, words.shape[1]))
