@@ -58,11 +58,12 @@ def median_us(fn, layers: int, rounds: int) -> float:
     return statistics.median(samples)
 
 
-def read_bandwidth_gbs(mib: int = 1024) -> float:
-    buf = torch.ones(mib * 1024 * 1024 // 4)
+def read_bandwidth_gbs(mib: int = 1024, buf: torch.Tensor | None = None, reps: int = 5) -> float:
+    """Read bandwidth of this machine now: median time of torch sum over a `mib` MiB fp32 buffer (or `buf`)."""
+    buf = torch.ones(mib * 1024 * 1024 // 4) if buf is None else buf
     buf.sum()
     times = []
-    for _ in range(5):
+    for _ in range(reps):
         t0 = time.perf_counter()
         buf.sum()
         times.append(time.perf_counter() - t0)

@@ -9,7 +9,9 @@ each M, timed side by side in alternating repeats (median of repeats of the medi
   2:4 + int4 (Sparse24QuantLinear, group 128, fp16 scales) vs our dense int4 GPTQ kernel (QuantLinear, group 128),
   bf16 activations (dtype "int4-bf16") and fp32 ("int4-fp32").
 Effective GB/s is the compressed weight bytes (values + bitmask; for int4 the tiles, scales and zeros) over the time,
-next to a read bandwidth measured here (torch sum over 1 GiB). Prints a table, writes JSON.
+against a read bandwidth measured here (torch sum over 1 GiB). The bandwidth of these shared machines moves by up to
+2x within minutes, so it is probed in every repeat, between the kernel's timings, and the fraction is the median of
+the per-repeat fractions (each kernel time over the bandwidth measured next to it). Prints a table, writes JSON.
 
     python benchmarks/bench_sparse24.py --json benchmarks/results/sparse24_cpu_zen4.json
     python benchmarks/bench_sparse24.py --shapes 4096x11008 --m 1 --rounds 7
@@ -73,7 +75,25 @@ def main():
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    bandwidth = statistics.median(read_bandwidth_gbs() for _ in range(3))
+    probe = torch.ones(1024 * 1024 * 1024 // 4)
+    probes = []
+
+    def bandwidth_now():
+        probes.append(read_bandwidth_gbs(buf=probe, reps=3))
+        return probes[-1]
+
+    def timed(fn_sparse, fn_dense, nbytes):
+        got = {"sparse": [], "dense": [], "bw": []}
+        for _ in range(args.repeats):
+            got["sparse"].append(median_us(fn_sparse, args.layers, args.rounds))
+            got["bw"].append(bandwidth_now())
+            got["dense"].append(median_us(fn_dense, args.layers, args.rounds))
+        s, d = statistics.median(got["sparse"]), statistics.median(got["dense"])
+        frac = statistics.median(nbytes / t / 1e3 / bw for t, bw in zip(got["sparse"], got["bw"]))
+        return dict(sparse_us=s, dense_us=d, dense_over_sparse=d / s, sparse_gbs=nbytes / s / 1e3,
+                    sparse_bandwidth_fraction=frac, bandwidth_gbs=statistics.median(got["bw"]),
+                    sparse_rounds_us=got["sparse"], dense_rounds_us=got["dense"], bandwidth_rounds_gbs=got["bw"])
+
     rows = []
     for shape in args.shapes:
         K, N = (int(v) for v in shape.lower().split("x"))
@@ -83,22 +103,12 @@ def main():
             nbytes = N * (K // 2) * layers[0][0][0].element_size() + N * ((K + 7) // 8)
             for M in tqdm(args.m, desc=f"{shape} {label}", leave=False):
                 x = torch.randn(M, K).to(dtype)
-                got = {"sparse": [], "dense": []}
-                for _ in range(args.repeats):
-                    got["sparse"].append(median_us(
-                        lambda i: slimformer.ops.sparse24_gemm(x, layers[i][0][0], layers[i][0][1], None, K),
-                        args.layers, args.rounds))
-                    got["dense"].append(median_us(lambda i: torch.nn.functional.linear(x, layers[i][1]),
-                                                  args.layers, args.rounds))
-                s, d = statistics.median(got["sparse"]), statistics.median(got["dense"])
-                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, sparse_us=s, dense_us=d,
-                                 dense_over_sparse=d / s, sparse_gbs=nbytes / s / 1e3,
-                                 sparse_bandwidth_fraction=nbytes / s / 1e3 / bandwidth,
-                                 sparse_rounds_us=got["sparse"], dense_rounds_us=got["dense"]))
-                r = rows[-1]
-                print(f"{shape:>11s} {label}  M={M:4d}  2:4 {s:9.0f} us  dense {d:9.0f} us  dense/2:4 "
-                      f"{r['dense_over_sparse']:5.2f}  2:4 reads {r['sparse_gbs']:5.1f} GB/s "
-                      f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {bandwidth:.1f})", flush=True)
+                r = timed(lambda i: slimformer.ops.sparse24_gemm(x, layers[i][0][0], layers[i][0][1], None, K),
+                          lambda i: torch.nn.functional.linear(x, layers[i][1]), nbytes)
+                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, **r))
+                print(f"{shape:>11s} {label}  M={M:4d}  2:4 {r['sparse_us']:9.0f} us  dense {r['dense_us']:9.0f} us"
+                      f"  dense/2:4 {r['dense_over_sparse']:5.2f}  2:4 reads {r['sparse_gbs']:5.1f} GB/s "
+                      f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {r['bandwidth_gbs']:.1f})", flush=True)
             del layers
         if args.no_int4:
             continue
@@ -108,23 +118,16 @@ def main():
         for label, dtype in [("int4-bf16", torch.bfloat16)] + ([] if args.no_fp32 else [("int4-fp32", torch.float32)]):
             for M in tqdm(args.m, desc=f"{shape} {label}", leave=False):
                 x = torch.randn(M, K).to(dtype)
-                got = {"sparse": [], "dense": []}
-                for _ in range(args.repeats):
-                    got["sparse"].append(median_us(lambda i: layers[i][0](x), args.layers, args.rounds))
-                    got["dense"].append(median_us(lambda i: layers[i][1](x), args.layers, args.rounds))
-                s, d = statistics.median(got["sparse"]), statistics.median(got["dense"])
-                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, sparse_us=s, dense_us=d,
-                                 dense_over_sparse=d / s, sparse_gbs=nbytes / s / 1e3,
-                                 sparse_bandwidth_fraction=nbytes / s / 1e3 / bandwidth,
-                                 sparse_rounds_us=got["sparse"], dense_rounds_us=got["dense"], dense="int4 QuantLinear"))
-                r = rows[-1]
-                print(f"{shape:>11s} {label}  M={M:4d}  2:4+int4 {s:9.0f} us  dense int4 {d:9.0f} us  "
-                      f"int4/2:4+int4 {r['dense_over_sparse']:5.2f}  reads {r['sparse_gbs']:5.1f} GB/s "
-                      f"({100 * r['sparse_bandwidth_fraction']:.0f}% of {bandwidth:.1f})", flush=True)
+                r = timed(lambda i: layers[i][0](x), lambda i: layers[i][1](x), nbytes)
+                rows.append(dict(shape=shape, K=K, N=N, dtype=label, M=M, dense="int4 QuantLinear", **r))
+                print(f"{shape:>11s} {label}  M={M:4d}  2:4+int4 {r['sparse_us']:9.0f} us  dense int4 "
+                      f"{r['dense_us']:9.0f} us  int4/2:4+int4 {r['dense_over_sparse']:5.2f}  reads "
+                      f"{r['sparse_gbs']:5.1f} GB/s ({100 * r['sparse_bandwidth_fraction']:.0f}% of "
+                      f"{r['bandwidth_gbs']:.1f})", flush=True)
         del layers
     meta = dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
                 cpu_features=slimformer.ops.cpu_features(), isa=slimformer.ops.cpu_isa(),
-                read_bandwidth_gbs=bandwidth, layers=args.layers, rounds=args.rounds, repeats=args.repeats)
+                read_bandwidth_gbs=statistics.median(probes) if probes else None, layers=args.layers, rounds=args.rounds, repeats=args.repeats)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
         print(f"wrote {args.json}")

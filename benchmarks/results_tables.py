@@ -146,6 +146,17 @@ def sweep() -> str:
         f"\n\n(`results/gptq_minilm_sweep.json`, {d['date']})"
 
 
+def _bandwidth_note(d) -> str:
+    """Older runs probed the read bandwidth once; newer ones between the timings of every repeat."""
+    m = d["meta"]
+    probed = [bw for r in d["rows"] for bw in r.get("bandwidth_rounds_gbs", [])]
+    if not probed:
+        return f"\n\nRead bandwidth measured in the same run: {m['read_bandwidth_gbs']:.1f} GB/s"
+    return (f"\n\nRead bandwidth (torch sum over 1 GiB) probed between the timings of every repeat: median "
+            f"{m['read_bandwidth_gbs']:.1f} GB/s, range {min(probed):.1f}-{max(probed):.1f}; each row's % is the median "
+            f"of its repeats' kernel-over-neighbouring-probe fractions")
+
+
 def sparse24_speed(name: str) -> str:
     """bench_sparse24.py: per shape and dtype, 2:4 vs dense torch at each M (2:4 + int4 vs our dense int4)."""
     d = load(name)
@@ -156,7 +167,7 @@ def sparse24_speed(name: str) -> str:
     return table(["K x N", "dtype", "M", "2:4 us", "dense us", "dense / 2:4", "2:4 / dense", "2:4 reads GB/s (% of read bw)"],
                  rows) + ("\n\nRows `int4-bf16` / `int4-fp32`: 2:4 + int4 (`Sparse24QuantLinear`, group 128) against our "
                           "dense int4 kernel (`QuantLinear`, group 128) in the \"dense\" column; the others against dense "
-                          "torch `F.linear` in that dtype." if any(r["dtype"].startswith("int4") for r in d["rows"]) else "") + (f"\n\nRead bandwidth measured in the same run: {m['read_bandwidth_gbs']:.1f} GB/s; ISA path "
+                          "torch `F.linear` in that dtype." if any(r["dtype"].startswith("int4") for r in d["rows"]) else "") + (_bandwidth_note(d) + "; ISA path "
                           f"`{m['isa']}`; {m['layers']} layers, {m['repeats']} alternating repeats of {m['rounds']} rounds "
                           f"(`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads).")
 
