@@ -1,0 +1,261 @@
+"""Token pruning and merging algorithms in plain PyTorch: the specification the fused kernels are held to.
+
+Conventions for one layer of a batch of B sequences of N tokens:
+* probs [B, H, N, N]: softmax attention, rows are queries (each sums to 1 over the keys it may see), masked keys 0.
+* valid [B, N] bool: real tokens (False for padding) or None (all real).
+* protected: the leading tokens that are never removed (the class token; 2 for DeiT's class + distillation tokens).
+* metric [B, N, C]: the features similarity is measured on (the layer's keys, heads concatenated).
+* Every method removes the same number r of tokens from every sequence (the batch stays one tensor) and returns a
+  Selection: `keep` [B, N - r] (the positions kept, in their original order, so the protected tokens stay first) and
+  `target` [B, N] (for every token, the index into `keep` of the kept token that stands for it from now on: itself
+  if kept, else the token it was merged into or, for a dropped token, its most similar kept token).
+
+Padding: a sequence with p pad tokens loses min(r, p) pads first and only r - p real tokens by the method; pads are
+never kept over real tokens and never chosen as anyone's representative. `select` handles that for every method.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Selection:
+    keep: torch.Tensor    # [B, N - r] long, increasing
+    target: torch.Tensor  # [B, N] long, index into keep
+    merge: bool = False   # ToMe: the kept token becomes the size-weighted mean of the tokens that target it
+
+
+# ----------------------------------------------------------------------------------------------- scores (I-stage)
+
+def attention_received(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention each token receives, summed over the (real) queries and the heads: [B, N]. The fused attention
+    kernel's importance output."""
+    if valid is not None:
+        probs = probs * valid[:, None, :, None].to(probs.dtype)
+    return probs.sum(dim=(1, 2))
+
+
+def cls_attention(probs: torch.Tensor) -> torch.Tensor:
+    """Attention the class token (query 0) pays each token, summed over heads: [B, N] (EViT's rule)."""
+    return probs[:, :, 0, :].sum(dim=1)
+
+
+def head_filter(probs: torch.Tensor, valid: torch.Tensor | None = None, low: float = 0.0,
+                high: float = 0.75) -> torch.Tensor:
+    """Zero-TPrune's variance-based head filter: head weights [B, H] in {0, 1}.
+
+    A head whose received-attention distribution is nearly flat carries no ranking information, and one that pours
+    almost everything into a token or two (attention sinks) drowns the rest; the filter keeps the heads whose
+    variance of received attention (over the real tokens) lies between the `low` and `high` quantiles of the layer's
+    heads (per sequence; the bounds are inclusive, so at least one head always survives). The paper bounds the
+    variance with fixed thresholds tuned per model; quantiles carry over between models without tuning (our choice).
+    """
+    recv = (probs if valid is None else probs * valid[:, None, :, None].to(probs.dtype)).sum(dim=2)  # [B, H, N]
+    if valid is None:
+        var = recv.var(dim=-1, unbiased=False)
+    else:
+        w = valid[:, None, :].to(recv.dtype)
+        n = w.sum(-1).clamp_min(1)
+        mean = (recv * w).sum(-1) / n
+        var = (((recv - mean[..., None]) ** 2) * w).sum(-1) / n
+    lo = torch.quantile(var, low, dim=-1, keepdim=True)
+    hi = torch.quantile(var, high, dim=-1, keepdim=True)
+    return ((var >= lo) & (var <= hi)).to(probs.dtype)
+
+
+def head_mean(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The head-averaged attention matrix [B, N, N] (over the heads with weight 1 when weights [B, H] is given)."""
+    if weights is None:
+        return probs.mean(dim=1)
+    return (probs * weights[:, :, None, None]).sum(1) / weights.sum(1).clamp_min(1)[:, None, None]
+
+
+def wpr(attn: torch.Tensor, valid: torch.Tensor | None = None, iterations: int = 30, protected: int = 1,
+        emphasis: float | None = None) -> torch.Tensor:
+    """Weighted PageRank over an attention graph attn [B, N, N] (rows: queries): importance [B, N].
+
+    A token is important if important tokens attend to it: s <- attn^T s, i.e. s_j = sum_i attn[i, j] s_i, from an
+    initial distribution that puts `emphasis` times a normal token's weight on each protected (class) token
+    (default sqrt(N): the class token's row is the one the model reads out, so its view seeds the ranking) and 0 on
+    pads. Rows of attn sum to 1, so the total of s is preserved and no renormalisation is needed; pads get no mass
+    (their rows are excluded through s and, as masked keys, their columns are 0).
+    """
+    B, N, _ = attn.shape
+    s = torch.ones(B, N, dtype=attn.dtype, device=attn.device)
+    if protected:
+        s[:, :protected] = math.sqrt(N) if emphasis is None else emphasis
+    if valid is not None:
+        s = s * valid.to(s.dtype)
+    s = s / s.sum(-1, keepdim=True).clamp_min(1e-30)
+    for _ in range(iterations):
+        s = torch.bmm(s.unsqueeze(1), attn).squeeze(1)
+    return s
+
+
+# ------------------------------------------------------------------------------------------------ the selections
+
+def _sorted_keep(score: torch.Tensor, n_keep: int) -> torch.Tensor:
+    return score.topk(n_keep, dim=-1).indices.sort(dim=-1).values
+
+
+def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine)."""
+    B, N = metric.shape[:2]
+    m = F.normalize(metric.float(), dim=-1)
+    sim = m @ m.gather(1, keep[..., None].expand(-1, -1, m.shape[-1])).transpose(1, 2)  # [B, N, N']
+    target = sim.argmax(-1)
+    own = torch.arange(keep.shape[1], device=keep.device).expand(B, -1)
+    return target.scatter(1, keep, own)
+
+
+def drop_by_score(score: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
+    """Keep the N - r tokens of highest score (the protected ones always)."""
+    score = score.clone()
+    score[:, :protected] = float("inf")
+    keep = _sorted_keep(score, score.shape[1] - r)
+    return Selection(keep, _target_by_similarity(keep, metric))
+
+
+def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
+    """Zero-TPrune's S-stage: the unprotected tokens sorted by importance are split in two halves, the more important
+    (A) and the rest (B); the r tokens of B most similar (cosine on metric) to some token of A are dropped, each
+    represented by that most similar A token. Near-duplicates of important tokens go; unusual tokens stay even if
+    they ranked low."""
+    B, N = importance.shape
+    order = importance[:, protected:].argsort(dim=-1, descending=True) + protected
+    n_a = (N - protected + 1) // 2
+    a_idx, b_idx = order[:, :n_a], order[:, n_a:]
+    if r > b_idx.shape[1]:
+        raise ValueError(f"the S-stage can remove at most {b_idx.shape[1]} of {N} tokens, asked for {r}")
+    m = F.normalize(metric.float(), dim=-1)
+    ma = m.gather(1, a_idx[..., None].expand(-1, -1, m.shape[-1]))
+    mb = m.gather(1, b_idx[..., None].expand(-1, -1, m.shape[-1]))
+    best = (mb @ ma.transpose(1, 2)).max(-1).values  # [B, |B|]
+    drop = b_idx.gather(1, best.topk(r, dim=-1).indices)
+    score = torch.ones(B, N, device=importance.device)
+    score.scatter_(1, drop, 0.0)
+    score[:, :protected] = 2.0
+    keep = _sorted_keep(score + torch.linspace(0, 1e-3, N, device=score.device), N - r)
+    return Selection(keep, _target_by_similarity(keep, metric))
+
+
+def zero_tprune(probs: torch.Tensor, metric: torch.Tensor, r: int, protected: int = 1, iterations: int = 30,
+                similarity_fraction: float = 0.5, head_low: float = 0.0, head_high: float = 0.75,
+                emphasis: float | None = None) -> Selection:
+    """Zero-TPrune for one layer (no padding; see select): the I-stage ranks tokens by WPR over the head-filtered
+    mean attention and drops the r - r_s least important, then the S-stage drops r_s = round(r x
+    similarity_fraction) near-duplicates among the rest (the published I -> S order)."""
+    B, H, N, _ = probs.shape
+    importance = wpr(head_mean(probs, head_filter(probs, None, head_low, head_high)), None, iterations, protected,
+                     emphasis)
+    r_s = min(int(round(r * similarity_fraction)), (N - protected) // 2)
+    r_i = r - r_s
+    sel = drop_by_score(importance, r_i, metric, protected) if r_i else Selection(
+        torch.arange(N, device=probs.device).expand(B, -1), torch.arange(N, device=probs.device).expand(B, -1))
+    if not r_s:
+        return sel
+    keep_i = sel.keep
+    imp_k = importance.gather(1, keep_i)
+    met_k = metric.gather(1, keep_i[..., None].expand(-1, -1, metric.shape[-1]))
+    s = similarity_stage(imp_k, r_s, met_k, protected)
+    keep = keep_i.gather(1, s.keep)
+    return Selection(keep, _target_by_similarity(keep, metric))
+
+
+def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
+    """ToMe's bipartite soft matching (no padding; see select): tokens alternate between sets A (even positions) and
+    B (odd); each A token's best match in B by cosine similarity; the r A tokens with the best matches are merged
+    into them (merge=True: size-weighted means, merge_tokens). Protected tokens neither merge nor absorb."""
+    B, N, _ = metric.shape
+    m = F.normalize(metric.float(), dim=-1)
+    a_pos = torch.arange(0, N, 2, device=metric.device)
+    b_pos = torch.arange(1, N, 2, device=metric.device)
+    if r > a_pos.numel() - (protected + 1) // 2:
+        raise ValueError(f"ToMe can merge at most {a_pos.numel() - (protected + 1) // 2} of {N} tokens per layer, "
+                         f"asked for {r}")
+    scores = m[:, a_pos] @ m[:, b_pos].transpose(1, 2)
+    scores[:, a_pos < protected, :] = -math.inf
+    scores[:, :, b_pos < protected] = -math.inf
+    best, match = scores.max(-1)  # per A token
+    src = best.topk(r, dim=-1).indices  # A indices merged away
+    gone = torch.zeros(B, N, dtype=torch.bool, device=metric.device)
+    gone.scatter_(1, a_pos[src], True)
+    keep = (~gone).nonzero()[:, 1].view(B, N - r)
+    # target: kept tokens -> their index in keep; merged A tokens -> the index of their B match
+    index_in_keep = torch.full((B, N), -1, dtype=torch.long, device=metric.device)
+    index_in_keep.scatter_(1, keep, torch.arange(N - r, device=metric.device).expand(B, -1))
+    dst_pos = b_pos[match.gather(1, src)]
+    target = index_in_keep.scatter(1, a_pos[src], index_in_keep.gather(1, dst_pos))
+    return Selection(keep, target, merge=True)
+
+
+def random_selection(n: int, r: int, metric: torch.Tensor, protected: int = 1,
+                     generator: torch.Generator | None = None) -> Selection:
+    score = torch.rand(metric.shape[0], n, generator=generator, device="cpu").to(metric.device)
+    return drop_by_score(score, r, metric, protected)
+
+
+# ------------------------------------------------------------------------------------ padding and the token state
+
+def select(method: Callable[..., Selection], r: int, valid: torch.Tensor | None, protected: int,
+           per_token: dict, per_pair: dict | None = None, **kwargs) -> Selection:
+    """Run `method(r=..., protected=..., **per_token, **per_pair, **kwargs)` on a padded batch: pads first.
+
+    per_token: tensors [B, N, ...] (metric), per_pair: tensors [B, H, N, N] (probs). Without pads in the batch the
+    method runs batched; otherwise each sequence runs alone on its real tokens with r minus its pads (at least 0),
+    its pads are dropped first (represented by its first token, which is protected and real), and the sequences,
+    all keeping N - r tokens, are stacked again."""
+    per_pair = per_pair or {}
+    B, N = next(iter(per_token.values())).shape[:2]
+    if r <= 0:
+        ar = torch.arange(N, device=next(iter(per_token.values())).device).expand(B, -1)
+        return Selection(ar, ar)
+    if valid is None or bool(valid.all()):
+        return method(r=r, protected=protected, **per_token, **per_pair, **kwargs)
+    keeps, targets, merge = [], [], False
+    for b in range(B):
+        real = valid[b].nonzero().squeeze(1)
+        pads = (~valid[b]).nonzero().squeeze(1)
+        L, P = real.numel(), pads.numel()
+        rb = max(r - P, 0)
+        sub_t = {k: v[b:b + 1, real] for k, v in per_token.items()}
+        sub_p = {k: v[b:b + 1][:, :, real][:, :, :, real] for k, v in per_pair.items()}
+        if rb:
+            s = method(r=rb, protected=protected, **sub_t, **sub_p, **kwargs)
+            merge = merge or s.merge
+            keep_real, tgt_real = real[s.keep[0]], s.target[0]
+        else:
+            keep_real, tgt_real = real, torch.arange(L, device=real.device)
+        kept_pads = pads[:P - r] if P > r else pads[:0]
+        keep = torch.cat([keep_real, kept_pads]).sort().values
+        pos = torch.full((N,), -1, dtype=torch.long, device=real.device)
+        pos[keep] = torch.arange(keep.numel(), device=real.device)
+        target = torch.empty(N, dtype=torch.long, device=real.device)
+        target[real] = pos[keep_real[tgt_real]]
+        target[pads] = pos[real[0]]
+        target[kept_pads] = pos[kept_pads]
+        keeps.append(keep)
+        targets.append(target)
+    return Selection(torch.stack(keeps), torch.stack(targets), merge)
+
+
+def merge_tokens(x: torch.Tensor, size: torch.Tensor, sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a selection to hidden states x [B, N, C] and token sizes [B, N] (how many input tokens each stands for;
+    0 for pads): returns (x', size'). Kept tokens of a merging selection become the size-weighted mean of everything
+    that targets them; of a dropping one they are gathered (their size grows by the sizes they now represent)."""
+    B, N, C = x.shape
+    n_keep = sel.keep.shape[1]
+    new_size = torch.zeros(B, n_keep, dtype=size.dtype, device=size.device).scatter_add_(1, sel.target, size)
+    if not sel.merge:
+        return x.gather(1, sel.keep[..., None].expand(-1, -1, C)), new_size
+    w = size.to(x.dtype)[..., None]
+    total = torch.zeros(B, n_keep, C, dtype=x.dtype, device=x.device).scatter_add_(
+        1, sel.target[..., None].expand(-1, -1, C), x * w)
+    kept = x.gather(1, sel.keep[..., None].expand(-1, -1, C))
+    denom = new_size.to(x.dtype)[..., None]
+    return torch.where(denom > 0, total / denom.clamp_min(1e-30), kept), new_size

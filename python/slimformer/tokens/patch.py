@@ -1,0 +1,316 @@
+"""Token pruning inside Hugging Face encoders: BERT-family text encoders (MiniLM) and ViT / DeiT.
+
+prune_tokens(model, config) replaces the forward of every base encoder model inside `model` (BertModel, ViTModel,
+DeiTModel, ...; found by structure) with slimformer's own layer loop, which calls the model's own submodules (so
+QuantLinear / Sparse24Linear layers inside keep working) and, after each layer's attention, removes or merges tokens
+as the schedule says before that layer's feed-forward part. The outputs keep the input's shape: each position of
+last_hidden_state (and of every hidden_states entry) carries the state of the token that stands for it.
+unprune_tokens(model) restores the original forwards.
+"""
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import algorithms as A
+from . import schedule as S
+
+METHODS = ("zero-tprune", "tome", "attention", "random")
+
+
+@dataclass
+class TokenPruneConfig:
+    """What to prune and how much.
+
+    method: "zero-tprune" (WPR importance + similarity, drops), "tome" (bipartite merging with proportional
+    attention), "attention" (drop the tokens that receive the least attention; attention_from="cls" ranks by the
+    class token's row instead, EViT's rule), "random".
+    Exactly one of: r (tokens removed per layer, an int or a list per layer), keep (per-layer fraction of the
+    entering tokens that survive the layer), flops (fraction of the unpruned encoder's multiply-adds to keep; solved
+    for a constant r from `first_layer` on, achieved fraction in `last_flops_fraction`).
+    protected: leading tokens never removed (default: 1, or 2 for DeiT's distillation token).
+    iterations: WPR iterations per layer (an int, or a list indexed by layer; the last entry repeats).
+    similarity_fraction: share of each layer's removals made by Zero-TPrune's S-stage.
+    head_quantiles: the variance band of Zero-TPrune's head filter (A.head_filter).
+    """
+    method: str = "zero-tprune"
+    r: int | list[int] | None = None
+    keep: list[float] | None = None
+    flops: float | None = None
+    first_layer: int = 0
+    protected: int | None = None
+    iterations: int | list[int] = 30
+    similarity_fraction: float = 0.5
+    head_quantiles: tuple[float, float] = (0.0, 0.75)
+    attention_from: str = "all"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        given = [n for n in ("r", "keep", "flops") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of r, keep, flops; got {given or 'none'}")
+        if self.attention_from not in ("all", "cls"):
+            raise ValueError(f"attention_from must be 'all' or 'cls', got {self.attention_from!r}")
+        if not 0.0 <= self.similarity_fraction <= 1.0:
+            raise ValueError(f"similarity_fraction must be in [0, 1], got {self.similarity_fraction}")
+
+
+# ------------------------------------------------------------------------------------------- model families
+
+class _Family:
+    """How one encoder family runs a layer: q/k/v, the attention output with its residual, the feed-forward."""
+
+    def __init__(self, base, layers):
+        self.base = base
+        cfg = base.config
+        self.heads = cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        self.ffn = cfg.intermediate_size
+        self.layers = list(layers)
+
+
+class _Bert(_Family):
+    """Post-norm BERT layers (BertModel and its relatives, MiniLM): x -> LN(x + attn) -> LN(. + FFN)."""
+
+    @staticmethod
+    def layers_of(m):
+        enc = getattr(m, "encoder", None)
+        layers = getattr(enc, "layer", None)
+        if hasattr(m, "embeddings") and layers is not None and len(layers) and \
+                hasattr(getattr(layers[0].attention, "self", None), "query"):
+            return layers
+        return None
+
+    def qkv(self, layer):
+        sa = layer.attention.self
+        return sa.query, sa.key, sa.value
+
+    def pre_attention(self, layer, x):
+        return x
+
+    def after_attention(self, layer, o, x):
+        out = layer.attention.output
+        return out.LayerNorm(out.dropout(out.dense(o)) + x)
+
+    def feed_forward(self, layer, x):
+        return layer.output(layer.intermediate(x), x)
+
+
+class _ViT(_Family):
+    """Pre-norm ViT / DeiT layers: x -> x + attn(LN(x)) -> . + MLP(LN(.))."""
+
+    @staticmethod
+    def layers_of(m):
+        layers = getattr(m, "layers", None)
+        if hasattr(m, "embeddings") and layers is not None and len(layers) and \
+                hasattr(layers[0], "layernorm_before") and hasattr(layers[0].attention, "q_proj"):
+            return layers
+        return None
+
+    def qkv(self, layer):
+        a = layer.attention
+        return a.q_proj, a.k_proj, a.v_proj
+
+    def pre_attention(self, layer, x):
+        return layer.layernorm_before(x)
+
+    def after_attention(self, layer, o, x):
+        return x + layer.dropout(layer.attention.o_proj(o))
+
+    def feed_forward(self, layer, x):
+        return x + layer.dropout(layer.mlp(layer.layernorm_after(x)))
+
+
+def _family(m):
+    for fam in (_Bert, _ViT):
+        layers = fam.layers_of(m)
+        if layers is not None:
+            return fam(m, layers)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- the layer loop
+
+@dataclass
+class _State:
+    valid: torch.Tensor | None  # [B, N] real tokens (None: all)
+    size: torch.Tensor          # [B, N] input tokens each current token stands for (0 for pads)
+    source: torch.Tensor        # [B, T] current index of each input token
+    history: list = field(default_factory=list)
+
+
+def _attention(q, k, v, valid, size_bias, need_probs):
+    """q, k, v [B, H, N, D]; returns (out [B, N, H*D], probs [B, H, N, N] or None)."""
+    B, H, N, D = q.shape
+    bias = None
+    if valid is not None and not bool(valid.all()):
+        bias = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device).masked_fill(~valid[:, None, None, :], -math.inf)
+    if size_bias is not None:
+        bias = size_bias[:, None, None, :] if bias is None else bias + size_bias[:, None, None, :]
+    if not need_probs:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return out.transpose(1, 2).reshape(B, N, H * D), None
+    scores = (q @ k.transpose(-1, -2)) * (D ** -0.5)
+    if bias is not None:
+        scores = scores + bias
+    probs = scores.softmax(-1)
+    return (probs @ v).transpose(1, 2).reshape(B, N, H * D), probs
+
+
+def _layer_param(value, layer):
+    if isinstance(value, (list, tuple)):
+        return value[min(layer, len(value) - 1)]
+    return value
+
+
+def _select(cfg: TokenPruneConfig, li: int, r: int, probs, keys, valid, protected, generator) -> A.Selection:
+    metric = keys.transpose(1, 2).flatten(2)  # [B, N, H*D]
+    if cfg.method == "tome":
+        return A.select(A.tome, r, valid, protected, {"metric": metric})
+    if cfg.method == "random":
+        N = metric.shape[1]
+        score = torch.rand(metric.shape[0], N, generator=generator).to(metric.device)
+        return A.select(lambda r, protected, metric, score: A.drop_by_score(score, r, metric, protected), r, valid,
+                        protected, {"metric": metric, "score": score})
+    if cfg.method == "attention":
+        score = A.cls_attention(probs) if cfg.attention_from == "cls" else A.attention_received(probs, valid)
+        return A.select(lambda r, protected, metric, score: A.drop_by_score(score, r, metric, protected), r, valid,
+                        protected, {"metric": metric, "score": score})
+    lo, hi = cfg.head_quantiles
+    return A.select(A.zero_tprune, r, valid, protected, {"metric": metric}, {"probs": probs},
+                    iterations=_layer_param(cfg.iterations, li), similarity_fraction=cfg.similarity_fraction,
+                    head_low=lo, head_high=hi)
+
+
+def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: torch.Tensor | None,
+                 protected: int, want_hidden: bool, record):
+    B, T, _ = x.shape
+    shape = S.Shape(len(fam.layers), fam.hidden, fam.ffn, T, protected)
+    bip = cfg.method == "tome"
+    if cfg.r is not None:
+        removed = S.from_r(shape, cfg.r, bip)
+    elif cfg.keep is not None:
+        removed = S.from_keep(shape, cfg.keep, bip)
+    else:
+        removed, _ = S.from_flops(shape, cfg.flops, bip, first_layer=cfg.first_layer)
+    record["removed"] = removed
+    record["flops_fraction"] = S.flops_fraction(shape, removed)
+    st = _State(valid, torch.ones(B, T, dtype=x.dtype, device=x.device) if valid is None else valid.to(x.dtype),
+                torch.arange(T, device=x.device).expand(B, -1))
+    hidden = [x] if want_hidden else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for li, layer in enumerate(fam.layers):
+        h = fam.pre_attention(layer, x)
+        B, N, _ = h.shape
+        q, k, v = (lin(h).view(B, N, fam.heads, -1).transpose(1, 2) for lin in fam.qkv(layer))
+        r = min(removed[li], N - protected - 1)
+        size_bias = st.size.clamp_min(1e-30).log() if cfg.method == "tome" else None
+        need_probs = r > 0 and cfg.method in ("zero-tprune", "attention")
+        o, probs = _attention(q, k, v, st.valid, size_bias, need_probs)
+        x = fam.after_attention(layer, o, x)
+        if r > 0:
+            sel = _select(cfg, li, r, probs, k, st.valid, protected, generator)
+            x, st.size = A.merge_tokens(x, st.size, sel)
+            st.source = sel.target.gather(1, st.source)
+            if st.valid is not None:
+                st.valid = st.valid.gather(1, sel.keep)
+        x = fam.feed_forward(layer, x)
+        if want_hidden:
+            hidden.append(x.gather(1, st.source[..., None].expand(-1, -1, x.shape[-1])))
+    record["tokens_out"] = x.shape[1]
+    full = x.gather(1, st.source[..., None].expand(-1, -1, x.shape[-1]))
+    return full, x, hidden
+
+
+def _valid_from_mask(attention_mask, B, T, device):
+    if attention_mask is None:
+        return None
+    m = attention_mask.to(device).bool()
+    if m.shape != (B, T):
+        raise ValueError(f"attention_mask must be [batch, tokens] = [{B}, {T}], got {tuple(attention_mask.shape)}")
+    if not bool(m[:, 0].all()):
+        raise ValueError("token pruning keeps the first token of every sequence: it must not be padding "
+                         "(right-pad the batch)")
+    return None if bool(m.all()) else m
+
+
+def _bert_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                  inputs_embeds=None, output_hidden_states=None, return_dict=None, **kwargs):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    st = self._slimformer_tokens
+    if kwargs.get("output_attentions"):
+        raise ValueError("token pruning does not return attention maps (output_attentions=True)")
+    x = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                        inputs_embeds=inputs_embeds)
+    B, T, _ = x.shape
+    valid = _valid_from_mask(attention_mask, B, T, x.device)
+    want = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+    full, _, hidden = _run_encoder(st["family"], st["config"], x, valid, st["protected"], want, st["last"])
+    pooled = self.pooler(full) if getattr(self, "pooler", None) is not None else None
+    return BaseModelOutputWithPooling(last_hidden_state=full, pooler_output=pooled,
+                                      hidden_states=tuple(hidden) if want else None)
+
+
+def _vit_forward(self, pixel_values=None, bool_masked_pos=None, interpolate_pos_encoding=None, attention_mask=None,
+                 output_hidden_states=None, return_dict=None, **kwargs):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    st = self._slimformer_tokens
+    if kwargs.get("output_attentions"):
+        raise ValueError("token pruning does not return attention maps (output_attentions=True)")
+    if attention_mask is not None:
+        raise ValueError("token pruning of vision encoders takes no attention_mask (every patch is real)")
+    x = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype),
+                        bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding)
+    want = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+    full, _, hidden = _run_encoder(st["family"], st["config"], x, None, st["protected"], want, st["last"])
+    seq = self.layernorm(full) if getattr(self, "layernorm", None) is not None else full
+    pooled = self.pooler(seq) if getattr(self, "pooler", None) is not None else None
+    return BaseModelOutputWithPooling(last_hidden_state=seq, pooler_output=pooled,
+                                      hidden_states=tuple(hidden) if want else None)
+
+
+def prune_tokens(model: torch.nn.Module, config: TokenPruneConfig) -> torch.nn.Module:
+    """Patch every supported encoder inside `model` in place to prune tokens as `config` says; returns model.
+    The last forward's schedule is in `model_part._slimformer_tokens["last"]` (removed per layer, FLOP fraction);
+    see token_pruning_report(model)."""
+    found = 0
+    for m in model.modules():
+        fam = _family(m)
+        if fam is None or not hasattr(m, "config"):
+            continue
+        if hasattr(m, "_slimformer_tokens"):
+            unprune_tokens(m)
+        protected = config.protected
+        if protected is None:
+            protected = 2 if type(m).__name__.startswith("DeiT") and hasattr(m.embeddings, "distillation_token") else 1
+        fwd = _bert_forward if isinstance(fam, _Bert) else _vit_forward
+        m._slimformer_tokens = {"family": fam, "config": config, "protected": protected, "last": {}}
+        m.forward = types.MethodType(fwd, m)
+        found += 1
+    if not found:
+        raise ValueError(f"no supported encoder (BERT family, ViT, DeiT) found in {type(model).__name__}")
+    return model
+
+
+def unprune_tokens(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo prune_tokens: the original forwards come back (nothing else was changed)."""
+    for m in model.modules():
+        if hasattr(m, "_slimformer_tokens"):
+            del m._slimformer_tokens
+            if "forward" in m.__dict__:
+                del m.forward
+    return model
+
+
+def token_pruning_report(model: torch.nn.Module) -> dict:
+    """The last forward's schedule of the first patched encoder: removed per layer, FLOP fraction, tokens left."""
+    for m in model.modules():
+        if hasattr(m, "_slimformer_tokens"):
+            return dict(m._slimformer_tokens["last"])
+    raise ValueError("the model has no token pruning (call prune_tokens first)")

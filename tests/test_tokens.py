@@ -1,0 +1,330 @@
+"""Token pruning and merging (slimformer.tokens): each algorithm against a plain loop re-implementation of its paper's
+equations on small random inputs, the padding and class-token rules, the schedules, and the Hugging Face patching
+(exact outputs with nothing pruned, exact restore, output shapes, size-weighted pooling, composition with our
+compressed linears)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slimformer
+from slimformer.tokens import algorithms as A
+from slimformer.tokens import patch as P
+from slimformer.tokens import schedule as S
+
+
+def _probs(B, H, N, valid=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, H, N, N, generator=g, dtype=torch.float64) * 2
+    if valid is not None:
+        scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
+    return scores.softmax(-1)
+
+
+def _metric(B, N, C=12, seed=1):
+    return torch.randn(B, N, C, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _cos(a, b):
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+# ------------------------------------------------------------------------------------------------ the equations
+
+def test_attention_received_is_the_column_sum_over_real_queries_and_heads():
+    B, H, N = 2, 3, 7
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, 5:] = False
+    p = _probs(B, H, N, valid)
+    got = A.attention_received(p, valid)
+    for b in range(B):
+        for j in range(N):
+            want = sum(float(p[b, h, i, j]) for h in range(H) for i in range(N) if valid[b, i])
+            assert abs(got[b, j].item() - want) < 1e-12
+    assert (got[1, 5:] == 0).all()
+
+
+def test_wpr_is_the_power_iteration_of_the_attention_graph():
+    B, N = 2, 9
+    attn = _probs(B, 1, N).squeeze(1)
+    got = A.wpr(attn, None, iterations=4, protected=1, emphasis=3.0)
+    for b in range(B):
+        s = [3.0] + [1.0] * (N - 1)
+        s = [v / sum(s) for v in s]
+        for _ in range(4):  # s_j <- sum_i A[i, j] s_i
+            s = [sum(float(attn[b, i, j]) * s[i] for i in range(N)) for j in range(N)]
+        assert torch.allclose(got[b], torch.tensor(s, dtype=torch.float64), atol=1e-12)
+    # many iterations: the stationary distribution, the principal left eigenvector of attn
+    far = A.wpr(attn, None, iterations=500)
+    for b in range(B):
+        w, v = torch.linalg.eig(attn[b].T)
+        pi = v[:, w.real.argmax()].real
+        pi = pi / pi.sum()
+        assert torch.allclose(far[b], pi, atol=1e-9)
+
+
+def test_wpr_gives_pads_nothing():
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    valid[0, 4:] = False
+    attn = _probs(1, 1, 6, valid).squeeze(1)
+    s = A.wpr(attn, valid, iterations=7)
+    assert (s[0, 4:] == 0).all() and abs(s.sum().item() - 1) < 1e-12
+
+
+def test_head_filter_keeps_the_heads_in_the_variance_band():
+    B, H, N = 2, 8, 10
+    p = _probs(B, H, N)
+    w = A.head_filter(p, None, low=0.25, high=0.75)
+    for b in range(B):
+        recv = [[sum(float(p[b, h, i, j]) for i in range(N)) for j in range(N)] for h in range(H)]
+        var = torch.tensor([torch.tensor(r).var(unbiased=False).item() for r in recv])
+        lo, hi = torch.quantile(var, 0.25).item(), torch.quantile(var, 0.75).item()
+        want = [(lo - 1e-15 <= v <= hi + 1e-15) for v in var.tolist()]
+        assert w[b].bool().tolist() == want
+    m = A.head_mean(p, w)
+    assert torch.allclose(m[0], sum(p[0, h] for h in range(H) if w[0, h]) / w[0].sum())
+
+
+def test_similarity_stage_drops_the_less_important_tokens_most_like_the_important_half():
+    B, N, r = 2, 11, 3
+    imp = torch.rand(B, N, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    met = _metric(B, N)
+    sel = A.similarity_stage(imp, r, met, protected=1)
+    for b in range(B):
+        order = sorted(range(1, N), key=lambda i: -imp[b, i].item())
+        a, rest = order[:(N - 1 + 1) // 2], order[(N - 1 + 1) // 2:]
+        best = {j: max(_cos(met[b, j], met[b, i]) for i in a) for j in rest}
+        dropped = sorted(rest, key=lambda j: -best[j])[:r]
+        assert sel.keep[b].tolist() == [i for i in range(N) if i not in dropped]
+        for j in dropped:  # represented by its most similar kept token
+            sims = {k: _cos(met[b, j], met[b, k]) for k in sel.keep[b].tolist()}
+            assert sel.keep[b, sel.target[b, j]].item() == max(sims, key=sims.get)
+
+
+def test_zero_tprune_is_the_i_stage_then_the_s_stage():
+    B, H, N, r = 2, 4, 13, 5
+    p, met = _probs(B, H, N), _metric(B, N)
+    sel = A.zero_tprune(p, met, r, protected=1, iterations=6, similarity_fraction=0.4, head_low=0.0, head_high=1.0)
+    r_s = round(r * 0.4)
+    for b in range(B):
+        imp = A.wpr(p[b:b + 1].mean(1), None, 6, 1)[0]  # all heads pass the (0, 1) band
+        order = sorted(range(1, N), key=lambda i: imp[i].item())
+        after_i = [i for i in range(N) if i not in order[:r - r_s]]
+        cand = sorted(after_i[1:], key=lambda i: -imp[i].item())
+        a, rest = cand[:(len(cand) + 1) // 2], cand[(len(cand) + 1) // 2:]
+        best = {j: max(_cos(met[b, j], met[b, i]) for i in a) for j in rest}
+        dropped = sorted(rest, key=lambda j: -best[j])[:r_s]
+        assert sel.keep[b].tolist() == [i for i in after_i if i not in dropped]
+        assert sel.keep[b, 0] == 0
+
+
+def test_tome_bipartite_soft_matching_and_size_weighted_merge():
+    B, N, C, r = 2, 12, 6, 4
+    met = _metric(B, N, C)
+    x = torch.randn(B, N, C, dtype=torch.float64)
+    size = torch.rand(B, N, dtype=torch.float64) + 0.5
+    sel = A.tome(met, r, protected=1)
+    x2, size2 = A.merge_tokens(x, size, sel)
+    for b in range(B):
+        a_set, b_set = list(range(0, N, 2)), list(range(1, N, 2))
+        best = {}
+        for i in a_set:
+            if i == 0:  # the class token neither merges nor absorbs
+                continue
+            sims = {j: _cos(met[b, i], met[b, j]) for j in b_set}
+            j = max(sims, key=sims.get)
+            best[i] = (sims[j], j)
+        src = sorted(best, key=lambda i: -best[i][0])[:r]
+        kept = [i for i in range(N) if i not in src]
+        assert sel.keep[b].tolist() == kept
+        for k, t in enumerate(kept):
+            group = [t] + [i for i in src if best[i][1] == t]
+            w = sum(size[b, i] for i in group)
+            want = sum(size[b, i] * x[b, i] for i in group) / w
+            assert torch.allclose(x2[b, k], want) and torch.isclose(size2[b, k], w)
+        for i in src:
+            assert kept[sel.target[b, i]] == best[i][1]
+
+
+def test_dropping_gathers_and_hands_the_sizes_to_the_representatives():
+    met = _metric(1, 8)
+    x = torch.randn(1, 8, 5, dtype=torch.float64)
+    sel = A.drop_by_score(torch.arange(8.0).flip(0)[None], 3, met, protected=1)
+    assert sel.keep.tolist() == [[0, 1, 2, 3, 4]]
+    x2, s2 = A.merge_tokens(x, torch.ones(1, 8, dtype=torch.float64), sel)
+    assert torch.equal(x2, x[:, :5]) and s2.sum() == 8
+
+
+# ------------------------------------------------------------------------------ padding and the class token
+
+@pytest.mark.parametrize("method", P.METHODS)
+@pytest.mark.parametrize("r", [1, 3, 5])  # ToMe merges at most half the unprotected tokens: (12 - 1) // 2
+def test_pads_go_first_and_the_class_token_stays(method, r):
+    B, H, N = 4, 3, 12
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, 10:] = False  # 2 pads
+    valid[2, 5:] = False   # 7 pads
+    valid[3, 1:] = False   # only the class token is real
+    p = _probs(B, H, N, valid)
+    keys = torch.randn(B, H, N, 4, dtype=torch.float64)
+    cfg = P.TokenPruneConfig(method=method, r=r, iterations=5)
+    sel = P._select(cfg, 0, r, p, keys, valid, 1, torch.Generator().manual_seed(0))
+    assert sel.keep.shape == (B, N - r)
+    for b in range(B):
+        kept = set(sel.keep[b].tolist())
+        assert 0 in kept
+        pads = [i for i in range(N) if not valid[b, i]]
+        real_removed = [i for i in range(N) if valid[b, i] and i not in kept]
+        pads_kept = [i for i in pads if i in kept]
+        assert not (real_removed and pads_kept), (b, real_removed, pads_kept)
+        assert len(real_removed) == max(0, r - len(pads))
+        reps = sel.keep[b, sel.target[b]]
+        assert valid[b, reps[valid[b]]].all()  # no real token is represented by a pad
+
+
+def test_select_without_pads_equals_the_batched_method():
+    B, N = 3, 10
+    met = _metric(B, N)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    a = A.select(A.tome, 3, valid, 1, {"metric": met})
+    b = A.tome(met, 3, 1)
+    assert torch.equal(a.keep, b.keep) and torch.equal(a.target, b.target)
+
+
+# -------------------------------------------------------------------------------------------------- schedules
+
+def test_flops_model_and_solver():
+    shape = S.Shape(layers=12, hidden=384, ffn=1536, tokens=197)
+    n, total = 197, 0
+    for _ in range(12):
+        total += 4 * n * 384 ** 2 + 2 * n * n * 384 + 2 * (n - 9) * 384 * 1536
+        n -= 9
+    assert S.flops(shape, [9] * 12) == total
+    removed, frac = S.from_flops(shape, 0.653)
+    assert len(set(removed)) == 1 and abs(frac - 0.653) < 0.02
+    assert frac == S.flops_fraction(shape, removed)
+    for r in range(0, 17):  # no constant r is closer
+        assert abs(S.flops_fraction(shape, S.from_r(shape, r)) - 0.653) >= abs(frac - 0.653) - 1e-12
+    assert S.from_keep(S.Shape(3, 8, 16, 100), [0.5, 0.5]) == [50, 25, 0]
+    assert S.from_r(S.Shape(3, 8, 16, 5), 3) == [3, 0, 0]  # never below the class token + 1
+    assert S.from_r(S.Shape(3, 8, 16, 12), 6, bipartite=True) == [5, 3, 1]  # ToMe: half the unprotected
+    with pytest.raises(ValueError, match="fraction"):
+        S.from_flops(shape, 1.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        slimformer.TokenPruneConfig(r=3, flops=0.6)
+    with pytest.raises(ValueError, match="method"):
+        slimformer.TokenPruneConfig(method="magic", r=3)
+
+
+# ------------------------------------------------------------------------------------------------ HF models
+
+def _bert():
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    return BertModel(BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                                vocab_size=100)).eval()
+
+
+def _vit():
+    from transformers import ViTConfig, ViTModel
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                              image_size=32, patch_size=8)).eval()
+
+
+def _text_batch():
+    ids = torch.randint(0, 100, (3, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[1, 15:] = 0
+    mask[2, 8:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("method", P.METHODS)
+def test_bert_unpruned_exact_and_restore(method):
+    m = _bert()
+    ids, mask = _text_batch()
+    with torch.no_grad():
+        ref = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=0))
+        same = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (same - ref)[mask.bool()].abs().max() < 1e-5
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=3))
+        out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        assert out.last_hidden_state.shape == ref.shape and len(out.hidden_states) == 5
+        assert all(h.shape == ref.shape for h in out.hidden_states)
+        assert torch.isfinite(out.last_hidden_state).all()
+        rep = slimformer.token_pruning_report(m)
+        assert rep["removed"] == [3, 3, 3, 3] and rep["tokens_out"] == 8
+        slimformer.unprune_tokens(m)
+        assert torch.equal(m(input_ids=ids, attention_mask=mask).last_hidden_state, ref)
+
+
+@pytest.mark.parametrize("method", P.METHODS)
+def test_vit_unpruned_exact_and_flops_target(method):
+    v = _vit()
+    px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = v(pixel_values=px).last_hidden_state
+        slimformer.prune_tokens(v, slimformer.TokenPruneConfig(method=method, r=0))
+        assert (v(pixel_values=px).last_hidden_state - ref).abs().max() < 1e-5
+        slimformer.prune_tokens(v, slimformer.TokenPruneConfig(method=method, flops=0.65))
+        y = v(pixel_values=px).last_hidden_state
+        assert y.shape == ref.shape
+        assert abs(slimformer.token_pruning_report(v)["flops_fraction"] - 0.65) < 0.05
+        slimformer.unprune_tokens(v)
+        assert torch.equal(v(pixel_values=px).last_hidden_state, ref)
+
+
+@pytest.mark.parametrize("method", P.METHODS)
+def test_expanded_outputs_give_size_weighted_pooling(method):
+    # a user's mean pooling over the expanded output with the original mask equals pooling the compact final
+    # states weighted by how many real input tokens each stands for
+    m = _bert()
+    ids, mask = _text_batch()
+    fam = P._family(m)
+    cfg = slimformer.TokenPruneConfig(method=method, r=3)
+    with torch.no_grad():
+        x = m.embeddings(input_ids=ids)
+        record = {}
+        full, compact, _ = P._run_encoder(fam, cfg, x, mask.bool(), 1, False, record)
+    pooled = (full * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    # rebuild the sizes: count the real tokens each compact token stands for
+    slimformer.prune_tokens(m, cfg)
+    for b in range(3):
+        states = {tuple(full[b, t].tolist()) for t in range(20) if mask[b, t]}
+        assert len(states) <= compact.shape[1]
+        want = sum(full[b, t] for t in range(20) if mask[b, t]) / mask[b].sum()
+        assert torch.allclose(pooled[b], want)
+        for s in states:  # every expanded state is one of the compact states
+            assert any(torch.allclose(torch.tensor(s), compact[b, j]) for j in range(compact.shape[1]))
+
+
+def test_pruning_composes_with_compressed_linears():
+    m = _bert()
+    ids, mask = _text_batch()
+    for layer in m.encoder.layer:
+        layer.intermediate.dense = slimformer.Sparse24Linear.from_linear(layer.intermediate.dense)
+        layer.output.dense = slimformer.QuantLinear.from_linear(layer.output.dense, bits=4, group_size=32)
+    with torch.no_grad():
+        ref = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method="tome", r=0))
+        assert (m(input_ids=ids, attention_mask=mask).last_hidden_state - ref)[mask.bool()].abs().max() < 1e-4
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method="zero-tprune", r=2))
+        assert torch.isfinite(m(input_ids=ids, attention_mask=mask).last_hidden_state).all()
+
+
+def test_bad_input_is_a_clear_error():
+    m = _bert()
+    with pytest.raises(ValueError, match="no supported encoder"):
+        slimformer.prune_tokens(torch.nn.Linear(3, 3), slimformer.TokenPruneConfig(r=1))
+    slimformer.prune_tokens(m, slimformer.TokenPruneConfig(r=1))
+    ids = torch.randint(0, 100, (2, 6))
+    left_padded = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="first token"):
+        m(input_ids=ids, attention_mask=left_padded)
+    with pytest.raises(ValueError, match="attention maps"):
+        m(input_ids=ids, output_attentions=True)
+    with pytest.raises(ValueError, match="no token pruning"):
+        slimformer.token_pruning_report(_bert())
