@@ -42,6 +42,15 @@ TORCH_LIBRARY(slimformer, m) {
   // The CUDA tensor-core 2:4 kernel's register gathers run on the CPU around an emulation of mma.sp (a test hook;
   // csrc/sparse24/sparse24_mma_emulate.cpp). x and values both bfloat16 or both float16.
   m.def("_sparse24_mma_emulate(Tensor x, Tensor values, Tensor bitmask, Tensor? bias, int in_features) -> Tensor");
+  // Token-pruned attention: q, k, v float32 [B, N, H, D] (d contiguous, other strides free); key_bias float32
+  // [B, N] added to every score of a key (-inf masks a pad, which also gives no importance as a query); keep int64
+  // [B, N'] the tokens that take part (their rows are read in place); head_weights [B, H] weight the heads in the
+  // averaged probabilities. Returns out [B, N', H, D] (empty unless need_out), importance [B, H, N'] (attention
+  // each token receives from the real queries, per head) and, if need_probs, the head-averaged probabilities
+  // [B, N', N'] (else an empty tensor). csrc/tokens/tokens_cpu.h.
+  m.def(
+      "token_attention(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tensor? keep, Tensor? head_weights, "
+      "bool need_out, bool need_probs) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

@@ -18,6 +18,8 @@ SUPPORTED_ISAS = _supported_isas()
 ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni"]
 # The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones)
 SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
+# The token-attention kernel's levels (the AVX-512 extensions run the avx512 one)
+TOKENS_ISAS = ["scalar", "avx2", "avx512"]
 
 
 def _force_isa(isa, monkeypatch):
@@ -32,6 +34,12 @@ def _force_isa(isa, monkeypatch):
 def cpu_isa(request, monkeypatch):
     """Runs the test once per CPU kernel path; paths this CPU cannot execute are skipped (running them would be an
     illegal instruction), which is why CI on an AVX2-only machine reports the avx512 cases as skipped."""
+    return _force_isa(request.param, monkeypatch)
+
+
+@pytest.fixture(params=TOKENS_ISAS)
+def tokens_isa(request, monkeypatch):
+    """cpu_isa for the token-pruned attention kernel: one run per level with its own kernel."""
     return _force_isa(request.param, monkeypatch)
 
 

@@ -75,7 +75,7 @@ def test_wpr_gives_pads_nothing():
 def test_head_filter_keeps_the_heads_in_the_variance_band():
     B, H, N = 2, 8, 10
     p = _probs(B, H, N)
-    w = A.head_filter(p, None, low=0.25, high=0.75)
+    w = A.head_filter(A.received_per_head(p), None, low=0.25, high=0.75)
     for b in range(B):
         recv = [[sum(float(p[b, h, i, j]) for i in range(N)) for j in range(N)] for h in range(H)]
         var = torch.tensor([torch.tensor(r).var(unbiased=False).item() for r in recv])
@@ -105,7 +105,8 @@ def test_similarity_stage_drops_the_less_important_tokens_most_like_the_importan
 def test_zero_tprune_is_the_i_stage_then_the_s_stage():
     B, H, N, r = 2, 4, 13, 5
     p, met = _probs(B, H, N), _metric(B, N)
-    sel = A.zero_tprune(p, met, r, protected=1, iterations=6, similarity_fraction=0.4, head_low=0.0, head_high=1.0)
+    attn = A.head_mean(p, A.head_filter(A.received_per_head(p), None, 0.0, 1.0))
+    sel = A.zero_tprune(attn, met, r, protected=1, iterations=6, similarity_fraction=0.4)
     r_s = round(r * 0.4)
     for b in range(B):
         imp = A.wpr(p[b:b + 1].mean(1), None, 6, 1)[0]  # all heads pass the (0, 1) band
@@ -167,9 +168,11 @@ def test_pads_go_first_and_the_class_token_stays(method, r):
     valid[2, 5:] = False   # 7 pads
     valid[3, 1:] = False   # only the class token is real
     p = _probs(B, H, N, valid)
-    keys = torch.randn(B, H, N, 4, dtype=torch.float64)
+    metric = torch.randn(B, N, 8, dtype=torch.float64)
     cfg = P.TokenPruneConfig(method=method, r=r, iterations=5)
-    sel = P._select(cfg, 0, r, p, keys, valid, 1, torch.Generator().manual_seed(0))
+    stats = {"importance": A.received_per_head(p, valid), "cls": p[:, :, 0].sum(1),
+             "attn": A.head_mean(p, A.head_filter(A.received_per_head(p, valid), valid))}
+    sel = P._select(cfg, 0, r, stats, metric, valid, 1, torch.Generator().manual_seed(0))
     assert sel.keep.shape == (B, N - r)
     for b in range(B):
         kept = set(sel.keep[b].tolist())
@@ -242,7 +245,8 @@ def _text_batch():
 
 
 @pytest.mark.parametrize("method", P.METHODS)
-def test_bert_unpruned_exact_and_restore(method):
+@pytest.mark.parametrize("similarity", ["keys", "hidden"])
+def test_bert_unpruned_exact_and_restore(method, similarity):
     m = _bert()
     ids, mask = _text_batch()
     with torch.no_grad():
@@ -250,7 +254,7 @@ def test_bert_unpruned_exact_and_restore(method):
         slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=0))
         same = m(input_ids=ids, attention_mask=mask).last_hidden_state
         assert (same - ref)[mask.bool()].abs().max() < 1e-5
-        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=3))
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=3, similarity=similarity))
         out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         assert out.last_hidden_state.shape == ref.shape and len(out.hidden_states) == 5
         assert all(h.shape == ref.shape for h in out.hidden_states)

@@ -47,6 +47,23 @@ struct V {
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return _mm256_srli_epi32(a, s); }
   static I srli16(I a, int s) { return _mm256_srli_epi16(a, s); }
+  // for the attention kernels (csrc/tokens): subtract, maximum, round-to-nearest float -> int32, left shift, the
+  // bits of a float as an int, and the horizontal sum / maximum of the lanes
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static I round_int(F a) { return _mm256_cvtps_epi32(a); }
+  template <int S> static I sll(I a) { return _mm256_slli_epi32(a, S); }
+  static I as_int(F a) { return _mm256_castps_si256(a); }
+  static float hsum(F a) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
+  static float hmax(F a) {
+    const __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 t = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
   // Compiler barrier: the value must be materialized here (no instruction is emitted).
   static void keep(I& a) { asm volatile("" : "+x"(a)); }
 };

@@ -54,6 +54,15 @@ struct V {
   // Shifts by a count that folds to a constant once the caller's loop is unrolled (an immediate operand).
   static I srli(I a, int s) { return _mm512_srli_epi32(a, s); }
   static I srli16(I a, int s) { return _mm512_srli_epi16(a, s); }
+  // for the attention kernels (csrc/tokens): subtract, maximum, round-to-nearest float -> int32, left shift, the
+  // bits of a float as an int, and the horizontal sum / maximum of the lanes
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static I round_int(F a) { return _mm512_cvtps_epi32(a); }
+  template <int S> static I sll(I a) { return _mm512_slli_epi32(a, S); }
+  static I as_int(F a) { return _mm512_castps_si512(a); }
+  static float hsum(F a) { return _mm512_reduce_add_ps(a); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a); }
   // Compiler barrier: the value must be materialized here (no instruction is emitted).
   static void keep(I& a) { asm volatile("" : "+v"(a)); }
 };

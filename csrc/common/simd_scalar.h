@@ -10,7 +10,8 @@
 //   zero, set1, load, load_half (fp16 -> float), store, bcast, fma(a,b,c)=a*b+c, fnma(a,b,c)=c-a*b,
 //   fms(a,b,c)=a*b-c, add, mul, loadi, storei, and_, or_, srl<S>, as_float (bit cast), cvt (int -> float),
 //   zeroi, bcasti, addi, madd16 (vpmaddwd), dpwssd(acc,a,b)=acc+madd16(a,b), maddubs (vpmaddubsw), addi16,
-//   srlv (run-time count), srli / srli16 (a count that folds to a constant), keep (compiler barrier).
+//   srlv (run-time count), srli / srli16 (a count that folds to a constant), keep (compiler barrier); for the
+//   attention kernels: sub, max, round_int (float -> int32, to nearest), sll<S>, as_int, hsum, hmax.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -83,6 +84,19 @@ struct V {
   static I srli(I a, int s) { return a >> s; }
   static I srli16(I a, int s) { return (a >> s) & ((0xFFFFu >> s) * 0x10001u); }
   static void keep(I&) {}
+  // for the attention kernels (csrc/tokens): subtract, maximum, round-to-nearest float -> int32, left shift, the
+  // bits of a float as an int, and the horizontal sum / maximum of the lanes
+  static F sub(F a, F b) { return a - b; }
+  static F max(F a, F b) { return a > b ? a : b; }
+  static I round_int(F a) { return static_cast<uint32_t>(static_cast<int32_t>(std::nearbyint(a))); }
+  template <int S> static I sll(I a) { return a << S; }
+  static I as_int(F a) {
+    I i;
+    std::memcpy(&i, &a, sizeof i);
+    return i;
+  }
+  static float hsum(F a) { return a; }
+  static float hmax(F a) { return a; }
 };
 }  // namespace SF_ISA_NS
 }  // namespace simd

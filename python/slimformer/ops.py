@@ -68,6 +68,14 @@ if HAS_NATIVE:
     def _sparse24_mma_emulate_fake(x, values, bitmask, bias, in_features):
         return _sparse24_gemm_fake(x, values, bitmask, bias, in_features)
 
+    @torch.library.register_fake("slimformer::token_attention")
+    def _token_attention_fake(q, k, v, key_bias, keep, head_weights, need_out, need_probs):
+        _same_device(q=q, k=k, v=v, key_bias=key_bias, keep=keep, head_weights=head_weights)
+        B, N, H, D = q.shape
+        n = keep.shape[1] if keep is not None else N
+        return (q.new_empty((B, n, H, D)) if need_out else q.new_empty((0,)), q.new_empty((B, H, n)),
+                q.new_empty((B, n, n)) if need_probs else q.new_empty((0,)))
+
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
         return words.new_empty((count, words.shape[1]))

@@ -1,7 +1,9 @@
 """Token pruning and merging algorithms in plain PyTorch: the specification the fused kernels are held to.
 
 Conventions for one layer of a batch of B sequences of N tokens:
-* probs [B, H, N, N]: softmax attention, rows are queries (each sums to 1 over the keys it may see), masked keys 0.
+* probs [B, H, N, N]: softmax attention, rows are queries (each sums to 1 over the keys it may see), masked keys 0;
+  attn [B, N, N] the same averaged over (some) heads. The model path gets them from the fused kernel
+  (tokens/attention.py), which never materializes probs.
 * valid [B, N] bool: real tokens (False for padding) or None (all real).
 * protected: the leading tokens that are never removed (the class token; 2 for DeiT's class + distillation tokens).
 * metric [B, N, C]: the features similarity is measured on (the layer's keys, heads concatenated).
@@ -45,9 +47,10 @@ def cls_attention(probs: torch.Tensor) -> torch.Tensor:
     return probs[:, :, 0, :].sum(dim=1)
 
 
-def head_filter(probs: torch.Tensor, valid: torch.Tensor | None = None, low: float = 0.0,
+def head_filter(received: torch.Tensor, valid: torch.Tensor | None = None, low: float = 0.0,
                 high: float = 0.75) -> torch.Tensor:
-    """Zero-TPrune's variance-based head filter: head weights [B, H] in {0, 1}.
+    """Zero-TPrune's variance-based head filter on the attention each token receives per head, received [B, H, N]
+    (the fused kernel's importance output; attention_received per head): head weights [B, H] in {0, 1}.
 
     A head whose received-attention distribution is nearly flat carries no ranking information, and one that pours
     almost everything into a token or two (attention sinks) drowns the rest; the filter keeps the heads whose
@@ -55,7 +58,7 @@ def head_filter(probs: torch.Tensor, valid: torch.Tensor | None = None, low: flo
     heads (per sequence; the bounds are inclusive, so at least one head always survives). The paper bounds the
     variance with fixed thresholds tuned per model; quantiles carry over between models without tuning (our choice).
     """
-    recv = (probs if valid is None else probs * valid[:, None, :, None].to(probs.dtype)).sum(dim=2)  # [B, H, N]
+    recv = received
     if valid is None:
         var = recv.var(dim=-1, unbiased=False)
     else:
@@ -65,7 +68,12 @@ def head_filter(probs: torch.Tensor, valid: torch.Tensor | None = None, low: flo
         var = (((recv - mean[..., None]) ** 2) * w).sum(-1) / n
     lo = torch.quantile(var, low, dim=-1, keepdim=True)
     hi = torch.quantile(var, high, dim=-1, keepdim=True)
-    return ((var >= lo) & (var <= hi)).to(probs.dtype)
+    return ((var >= lo) & (var <= hi)).to(recv.dtype)
+
+
+def received_per_head(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, H, N]: attention each token receives in each head from the real queries."""
+    return (probs if valid is None else probs * valid[:, None, :, None].to(probs.dtype)).sum(dim=2)
 
 
 def head_mean(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,19 +152,18 @@ def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, pro
     return Selection(keep, _target_by_similarity(keep, metric))
 
 
-def zero_tprune(probs: torch.Tensor, metric: torch.Tensor, r: int, protected: int = 1, iterations: int = 30,
-                similarity_fraction: float = 0.5, head_low: float = 0.0, head_high: float = 0.75,
-                emphasis: float | None = None) -> Selection:
-    """Zero-TPrune for one layer (no padding; see select): the I-stage ranks tokens by WPR over the head-filtered
-    mean attention and drops the r - r_s least important, then the S-stage drops r_s = round(r x
-    similarity_fraction) near-duplicates among the rest (the published I -> S order)."""
-    B, H, N, _ = probs.shape
-    importance = wpr(head_mean(probs, head_filter(probs, None, head_low, head_high)), None, iterations, protected,
-                     emphasis)
+def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int = 1, iterations: int = 30,
+                similarity_fraction: float = 0.5, emphasis: float | None = None) -> Selection:
+    """Zero-TPrune for one layer (no padding; see select), given attn [B, N, N], the attention averaged over the heads
+    the head filter keeps (head_mean(probs, head_filter(...))): the I-stage ranks tokens by WPR over it and drops
+    the r - r_s least important, then the S-stage drops r_s = round(r x similarity_fraction) near-duplicates among
+    the rest (the published I -> S order)."""
+    B, N, _ = attn.shape
+    importance = wpr(attn, None, iterations, protected, emphasis)
     r_s = min(int(round(r * similarity_fraction)), (N - protected) // 2)
     r_i = r - r_s
     sel = drop_by_score(importance, r_i, metric, protected) if r_i else Selection(
-        torch.arange(N, device=probs.device).expand(B, -1), torch.arange(N, device=probs.device).expand(B, -1))
+        torch.arange(N, device=attn.device).expand(B, -1), torch.arange(N, device=attn.device).expand(B, -1))
     if not r_s:
         return sel
     keep_i = sel.keep
@@ -194,19 +201,13 @@ def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
     return Selection(keep, target, merge=True)
 
 
-def random_selection(n: int, r: int, metric: torch.Tensor, protected: int = 1,
-                     generator: torch.Generator | None = None) -> Selection:
-    score = torch.rand(metric.shape[0], n, generator=generator, device="cpu").to(metric.device)
-    return drop_by_score(score, r, metric, protected)
-
-
 # ------------------------------------------------------------------------------------ padding and the token state
 
 def select(method: Callable[..., Selection], r: int, valid: torch.Tensor | None, protected: int,
            per_token: dict, per_pair: dict | None = None, **kwargs) -> Selection:
     """Run `method(r=..., protected=..., **per_token, **per_pair, **kwargs)` on a padded batch: pads first.
 
-    per_token: tensors [B, N, ...] (metric), per_pair: tensors [B, H, N, N] (probs). Without pads in the batch the
+    per_token: tensors [B, N, ...] (metric), per_pair: tensors [B, ..., N, N] (attention). Without pads in the batch the
     method runs batched; otherwise each sequence runs alone on its real tokens with r minus its pads (at least 0),
     its pads are dropped first (represented by its first token, which is protected and real), and the sequences,
     all keeping N - r tokens, are stacked again."""
@@ -224,7 +225,7 @@ def select(method: Callable[..., Selection], r: int, valid: torch.Tensor | None,
         L, P = real.numel(), pads.numel()
         rb = max(r - P, 0)
         sub_t = {k: v[b:b + 1, real] for k, v in per_token.items()}
-        sub_p = {k: v[b:b + 1][:, :, real][:, :, :, real] for k, v in per_pair.items()}
+        sub_p = {k: v[b:b + 1][..., real, :][..., real] for k, v in per_pair.items()}
         if rb:
             s = method(r=rb, protected=protected, **sub_t, **sub_p, **kwargs)
             merge = merge or s.merge

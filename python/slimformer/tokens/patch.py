@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from . import algorithms as A
 from . import schedule as S
+from .attention import attention
 
 METHODS = ("zero-tprune", "tome", "attention", "random")
 
@@ -36,6 +38,10 @@ class TokenPruneConfig:
     iterations: WPR iterations per layer (an int, or a list indexed by layer; the last entry repeats).
     similarity_fraction: share of each layer's removals made by Zero-TPrune's S-stage.
     head_quantiles: the variance band of Zero-TPrune's head filter (A.head_filter).
+    similarity: what ToMe's matching, Zero-TPrune's S-stage and the choice of a dropped token's representative
+    compare: "keys" (the layer's keys, heads concatenated: the papers' choice) or "hidden" (the hidden states at the
+    pruning point, i.e. exactly what a merge averages; on all-MiniLM-L6-v2 sentence embeddings it is the better one,
+    benchmarks/README.md).
     """
     method: str = "zero-tprune"
     r: int | list[int] | None = None
@@ -47,6 +53,7 @@ class TokenPruneConfig:
     similarity_fraction: float = 0.5
     head_quantiles: tuple[float, float] = (0.0, 0.75)
     attention_from: str = "all"
+    similarity: str = "keys"
     seed: int = 0
 
     def __post_init__(self):
@@ -55,6 +62,8 @@ class TokenPruneConfig:
         given = [n for n in ("r", "keep", "flops") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of r, keep, flops; got {given or 'none'}")
+        if self.similarity not in ("keys", "hidden"):
+            raise ValueError(f"similarity must be 'keys' or 'hidden', got {self.similarity!r}")
         if self.attention_from not in ("all", "cls"):
             raise ValueError(f"attention_from must be 'all' or 'cls', got {self.attention_from!r}")
         if not 0.0 <= self.similarity_fraction <= 1.0:
@@ -145,22 +154,22 @@ class _State:
     history: list = field(default_factory=list)
 
 
-def _attention(q, k, v, valid, size_bias, need_probs):
-    """q, k, v [B, H, N, D]; returns (out [B, N, H*D], probs [B, H, N, N] or None)."""
-    B, H, N, D = q.shape
+def _key_bias(valid, size, tome):
+    """[B, N] additive key bias: -inf for pads, + log(size) for ToMe's proportional attention; None if neither."""
     bias = None
-    if valid is not None and not bool(valid.all()):
-        bias = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device).masked_fill(~valid[:, None, None, :], -math.inf)
-    if size_bias is not None:
-        bias = size_bias[:, None, None, :] if bias is None else bias + size_bias[:, None, None, :]
-    if not need_probs:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return out.transpose(1, 2).reshape(B, N, H * D), None
-    scores = (q @ k.transpose(-1, -2)) * (D ** -0.5)
-    if bias is not None:
-        scores = scores + bias
-    probs = scores.softmax(-1)
-    return (probs @ v).transpose(1, 2).reshape(B, N, H * D), probs
+    if tome:
+        bias = size.clamp_min(0).log()  # pads have size 0: -inf
+    elif valid is not None and not bool(valid.all()):
+        bias = torch.zeros(valid.shape, dtype=size.dtype, device=size.device).masked_fill(~valid, -math.inf)
+    return bias
+
+
+def _sdpa(q, k, v, key_bias):
+    """Attention alone (no statistics) through torch's SDPA, for dtypes the fused kernel does not take."""
+    B, N, H, D = q.shape
+    mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
 
 
 def _layer_param(value, layer):
@@ -169,23 +178,55 @@ def _layer_param(value, layer):
     return value
 
 
-def _select(cfg: TokenPruneConfig, li: int, r: int, probs, keys, valid, protected, generator) -> A.Selection:
-    metric = keys.transpose(1, 2).flatten(2)  # [B, N, H*D]
+def _select(cfg: TokenPruneConfig, li: int, r: int, stats: dict, metric, valid, protected,
+            generator) -> A.Selection:
+    """One layer's selection. stats: "importance" [B, H, N] (attention received per head, from the kernel),
+    "cls" [B, N] (the class token's attention, summed over heads) or "attn" [B, N, N] (the head-filtered mean),
+    whichever the method needs; metric [B, N, C]: what similarity compares."""
+    def by_score(r, protected, metric, score):
+        return A.drop_by_score(score, r, metric, protected)
+
     if cfg.method == "tome":
         return A.select(A.tome, r, valid, protected, {"metric": metric})
     if cfg.method == "random":
-        N = metric.shape[1]
-        score = torch.rand(metric.shape[0], N, generator=generator).to(metric.device)
-        return A.select(lambda r, protected, metric, score: A.drop_by_score(score, r, metric, protected), r, valid,
-                        protected, {"metric": metric, "score": score})
+        score = torch.rand(metric.shape[0], metric.shape[1], generator=generator).to(metric.device)
+        return A.select(by_score, r, valid, protected, {"metric": metric, "score": score})
     if cfg.method == "attention":
-        score = A.cls_attention(probs) if cfg.attention_from == "cls" else A.attention_received(probs, valid)
-        return A.select(lambda r, protected, metric, score: A.drop_by_score(score, r, metric, protected), r, valid,
-                        protected, {"metric": metric, "score": score})
+        score = stats["cls"] if cfg.attention_from == "cls" else stats["importance"].sum(1)
+        return A.select(by_score, r, valid, protected, {"metric": metric, "score": score})
+    return A.select(A.zero_tprune, r, valid, protected, {"metric": metric}, {"attn": stats["attn"]},
+                    iterations=_layer_param(cfg.iterations, li), similarity_fraction=cfg.similarity_fraction)
+
+
+def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool):
+    """The layer's attention output [B, N, H, D] and what its selection needs (see _select)."""
+    bias = _key_bias(st.valid, st.size, cfg.method == "tome")
+    stats = {}
+    if not (prune and cfg.method in ("attention", "zero-tprune")):
+        # output only: the fused kernel where it runs (faster than SDPA at N=197, benchmarks/README.md), else SDPA
+        fused = q.dtype == torch.float32 and ops.HAS_NATIVE
+        return (attention(q, k, v, bias)[0] if fused else _sdpa(q, k, v, bias)), stats
+    if cfg.method == "attention":
+        out, imp, _ = attention(q, k, v, bias)
+        stats["importance"] = imp
+        if cfg.attention_from == "cls":
+            B, N, H, D = q.shape
+            s = torch.einsum("bhd,bnhd->bhn", q[:, 0], k) * D ** -0.5
+            if bias is not None:
+                s = s + bias[:, None, :]
+            stats["cls"] = s.softmax(-1).sum(1)
+        return out, stats
+    # Zero-TPrune: output and per-head received attention in one pass; the head filter; then the filtered heads'
+    # mean matrix from a second, statistics-only pass (no weighted sum of values), unless every head passes
     lo, hi = cfg.head_quantiles
-    return A.select(A.zero_tprune, r, valid, protected, {"metric": metric}, {"probs": probs},
-                    iterations=_layer_param(cfg.iterations, li), similarity_fraction=cfg.similarity_fraction,
-                    head_low=lo, head_high=hi)
+    if lo <= 0.0 and hi >= 1.0:
+        out, imp, mean = attention(q, k, v, bias, need_probs=True)
+    else:
+        out, imp, _ = attention(q, k, v, bias)
+        w = A.head_filter(imp, st.valid, lo, hi)
+        mean = attention(q, k, v, bias, head_weights=w, need_out=False, need_probs=True)[2]
+    stats["attn"] = mean
+    return out, stats
 
 
 def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: torch.Tensor | None,
@@ -208,14 +249,13 @@ def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: to
     for li, layer in enumerate(fam.layers):
         h = fam.pre_attention(layer, x)
         B, N, _ = h.shape
-        q, k, v = (lin(h).view(B, N, fam.heads, -1).transpose(1, 2) for lin in fam.qkv(layer))
+        q, k, v = (lin(h).view(B, N, fam.heads, -1) for lin in fam.qkv(layer))
         r = min(removed[li], N - protected - 1)
-        size_bias = st.size.clamp_min(1e-30).log() if cfg.method == "tome" else None
-        need_probs = r > 0 and cfg.method in ("zero-tprune", "attention")
-        o, probs = _attention(q, k, v, st.valid, size_bias, need_probs)
-        x = fam.after_attention(layer, o, x)
+        o, stats = _layer_attention(cfg, q, k, v, st, r > 0)
+        x = fam.after_attention(layer, o.reshape(B, N, -1), x)
         if r > 0:
-            sel = _select(cfg, li, r, probs, k, st.valid, protected, generator)
+            metric = k.flatten(2) if cfg.similarity == "keys" else x
+            sel = _select(cfg, li, r, stats, metric, st.valid, protected, generator)
             x, st.size = A.merge_tokens(x, st.size, sel)
             st.source = sel.target.gather(1, st.source)
             if st.valid is not None:

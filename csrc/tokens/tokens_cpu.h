@@ -1,0 +1,57 @@
+// Token-pruned attention on the CPU: the argument block and the per-ISA kernel table (framework-free).
+//
+// For one sequence b and head h: the tokens taking part are keep[b, :] (or all N), their queries, keys and values
+// read straight from q/k/v [B, N, H, D] through strides (the gather of the kept tokens is fused into the reads), a
+// per-key additive bias key_bias[b, token] (-inf masks a pad key; ToMe adds log(size)). The kernel writes the
+// attention output out[b, i, h, :] (unless only the statistics are wanted) and adds to two accumulators:
+// importance[j] += the attention key j receives from the real queries (a query whose own bias is -inf is a pad and
+// gives none), and, when asked, probs[i, j] += weight x P[i, j] (the head-averaged matrix Zero-TPrune's WPR needs,
+// weight = 1 / H or a head filter's normalized weight). The N x N probabilities of a head live only in a row block
+// of scratch: they are never written out.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace slimformer {
+namespace tokens {
+
+struct AttnArgs {
+  int64_t N;   // tokens per sequence in q, k, v
+  int64_t NK;  // tokens taking part: keep's row length, or N
+  int64_t H, D;
+  const float* q;
+  const float* k;
+  const float* v;
+  int64_t qs[3], ks[3], vs[3];  // element strides of b, n, h (d is contiguous)
+  const int64_t* keep;          // [B, NK] token indices, or null
+  const float* key_bias;        // [B, N], or null
+  float scale;
+  float* out;  // [B, NK, H, D] contiguous
+};
+
+// Rows of the padded accumulators: NK rounded up to kPad (every ISA's vector length divides it).
+constexpr int64_t kPad = 16;
+inline int64_t padded(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+
+// Query rows a kernel block computes at once.
+constexpr int kRowBlock = 4;
+
+// Scratch floats one call of attention_head needs: Kt [D, nkp], Vp [NK, dp], bias / mask / -inf rows [nkp] each,
+// the block's scores [kRowBlock, nkp] and output rows [kRowBlock, dp].
+inline size_t scratch_floats(const AttnArgs& a) {
+  const int64_t nkp = padded(a.NK), dp = padded(a.D);
+  return static_cast<size_t>(a.D * nkp + a.NK * dp + 3 * nkp + kRowBlock * nkp + kRowBlock * dp);
+}
+
+struct CpuKernels {
+  // importance: [padded(NK)] (+=), probs: [NK, padded(NK)] (+= weight x P) or null; out written if need_out.
+  void (*attention_head)(const AttnArgs& a, int64_t b, int64_t h, float* importance, float* probs, float weight,
+                         bool need_out, float* scratch);
+};
+
+const CpuKernels& cpu_kernels_scalar();
+const CpuKernels& cpu_kernels_avx2();
+const CpuKernels& cpu_kernels_avx512();
+
+}  // namespace tokens
+}  // namespace slimformer
