@@ -46,8 +46,9 @@ TORCH_LIBRARY(slimformer, m) {
   // [B, N] added to every score of a key (-inf masks a pad, which also gives no importance as a query); keep int64
   // [B, N'] the tokens that take part (their rows are read in place); head_weights [B, H] weight the heads in the
   // averaged probabilities. Returns out [B, N', H, D] (empty unless need_out), importance [B, H, N'] (attention
-  // each token receives from the real queries, per head) and, if need_probs, the head-averaged probabilities
-  // [B, N', N'] (else an empty tensor). csrc/tokens/tokens_cpu.h.
+  // each token receives from the real queries, per head; without need_out the heads of weight 0 are skipped and
+  // their rows are 0) and, if need_probs, the head-averaged probabilities [B, N', N'] (else an empty tensor).
+  // csrc/tokens/tokens_cpu.h.
   m.def(
       "token_attention(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tensor? keep, Tensor? head_weights, "
       "bool need_out, bool need_probs) -> (Tensor, Tensor, Tensor)");

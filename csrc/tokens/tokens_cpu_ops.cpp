@@ -76,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
       std::vector<float> work(scratch);
       for (int64_t b = b0; b < b1; ++b)
         for (int64_t h = 0; h < H; ++h)
-          kern.attention_head(a, b, h, ip + (b * H + h) * nkp, pp + b * NK * nkp, wp[b * H + h], need_out,
+          if (need_out || wp[b * H + h] != 0.f)  // statistics only: a head of weight 0 adds nothing
+            kern.attention_head(a, b, h, ip + (b * H + h) * nkp, pp + b * NK * nkp, wp[b * H + h], need_out,
                               work.data());
     });
     probs = pr.narrow(2, 0, NK).contiguous();

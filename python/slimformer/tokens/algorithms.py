@@ -107,33 +107,46 @@ def wpr(attn: torch.Tensor, valid: torch.Tensor | None = None, iterations: int =
 
 # ------------------------------------------------------------------------------------------------ the selections
 
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b, i]] for x [B, N, ...] and idx [B, n]: batched row gather (advanced indexing, much faster on the
+    CPU than gather with an index expanded over the feature dimension)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+
+
 def _sorted_keep(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     return score.topk(n_keep, dim=-1).indices.sort(dim=-1).values
 
 
 def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
-    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine)."""
+    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine).
+    Only the removed rows are compared: [B, r, C] x [B, C, N - r]."""
     B, N = metric.shape[:2]
+    n_keep = keep.shape[1]
+    own = torch.arange(n_keep, device=keep.device).expand(B, -1)
+    target = torch.zeros(B, N, dtype=torch.long, device=keep.device).scatter(1, keep, own)
+    if n_keep == N:
+        return target
+    gone = torch.ones(B, N, dtype=torch.bool, device=keep.device)
+    gone.scatter_(1, keep, False)
+    removed = gone.nonzero()[:, 1].view(B, N - n_keep)
     m = F.normalize(metric.float(), dim=-1)
-    sim = m @ m.gather(1, keep[..., None].expand(-1, -1, m.shape[-1])).transpose(1, 2)  # [B, N, N']
-    target = sim.argmax(-1)
-    own = torch.arange(keep.shape[1], device=keep.device).expand(B, -1)
-    return target.scatter(1, keep, own)
+    sim = _rows(m, removed) @ _rows(m, keep).transpose(1, 2)
+    return target.scatter(1, removed, sim.argmax(-1))
+
+
+def _keep_by_score(score: torch.Tensor, r: int, protected: int) -> torch.Tensor:
+    score = score.clone()
+    score[:, :protected] = float("inf")
+    return _sorted_keep(score, score.shape[1] - r)
 
 
 def drop_by_score(score: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
     """Keep the N - r tokens of highest score (the protected ones always)."""
-    score = score.clone()
-    score[:, :protected] = float("inf")
-    keep = _sorted_keep(score, score.shape[1] - r)
+    keep = _keep_by_score(score, r, protected)
     return Selection(keep, _target_by_similarity(keep, metric))
 
 
-def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
-    """Zero-TPrune's S-stage: the unprotected tokens sorted by importance are split in two halves, the more important
-    (A) and the rest (B); the r tokens of B most similar (cosine on metric) to some token of A are dropped, each
-    represented by that most similar A token. Near-duplicates of important tokens go; unusual tokens stay even if
-    they ranked low."""
+def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int) -> torch.Tensor:
     B, N = importance.shape
     order = importance[:, protected:].argsort(dim=-1, descending=True) + protected
     n_a = (N - protected + 1) // 2
@@ -141,14 +154,19 @@ def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, pro
     if r > b_idx.shape[1]:
         raise ValueError(f"the S-stage can remove at most {b_idx.shape[1]} of {N} tokens, asked for {r}")
     m = F.normalize(metric.float(), dim=-1)
-    ma = m.gather(1, a_idx[..., None].expand(-1, -1, m.shape[-1]))
-    mb = m.gather(1, b_idx[..., None].expand(-1, -1, m.shape[-1]))
-    best = (mb @ ma.transpose(1, 2)).max(-1).values  # [B, |B|]
+    best = (_rows(m, b_idx) @ _rows(m, a_idx).transpose(1, 2)).max(-1).values  # [B, |B|]
     drop = b_idx.gather(1, best.topk(r, dim=-1).indices)
-    score = torch.ones(B, N, device=importance.device)
-    score.scatter_(1, drop, 0.0)
-    score[:, :protected] = 2.0
-    keep = _sorted_keep(score + torch.linspace(0, 1e-3, N, device=score.device), N - r)
+    gone = torch.zeros(B, N, dtype=torch.bool, device=importance.device)
+    gone.scatter_(1, drop, True)
+    return (~gone).nonzero()[:, 1].view(B, N - r)
+
+
+def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
+    """Zero-TPrune's S-stage: the unprotected tokens sorted by importance are split in two halves, the more important
+    (A) and the rest (B); the r tokens of B most similar (cosine on metric) to some token of A are dropped, each
+    represented by its most similar kept token. Near-duplicates of important tokens go; unusual tokens stay even
+    if they ranked low."""
+    keep = _similarity_keep(importance, r, metric, protected)
     return Selection(keep, _target_by_similarity(keep, metric))
 
 
@@ -161,16 +179,11 @@ def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int
     B, N, _ = attn.shape
     importance = wpr(attn, None, iterations, protected, emphasis)
     r_s = min(int(round(r * similarity_fraction)), (N - protected) // 2)
-    r_i = r - r_s
-    sel = drop_by_score(importance, r_i, metric, protected) if r_i else Selection(
-        torch.arange(N, device=attn.device).expand(B, -1), torch.arange(N, device=attn.device).expand(B, -1))
-    if not r_s:
-        return sel
-    keep_i = sel.keep
-    imp_k = importance.gather(1, keep_i)
-    met_k = metric.gather(1, keep_i[..., None].expand(-1, -1, metric.shape[-1]))
-    s = similarity_stage(imp_k, r_s, met_k, protected)
-    keep = keep_i.gather(1, s.keep)
+    keep = _keep_by_score(importance, r - r_s, protected)
+    if r_s:
+        imp_k = importance.gather(1, keep)
+        met_k = _rows(metric, keep)
+        keep = keep.gather(1, _similarity_keep(imp_k, r_s, met_k, protected))
     return Selection(keep, _target_by_similarity(keep, metric))
 
 
@@ -253,10 +266,10 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, sel: Selection) -> tuple[t
     n_keep = sel.keep.shape[1]
     new_size = torch.zeros(B, n_keep, dtype=size.dtype, device=size.device).scatter_add_(1, sel.target, size)
     if not sel.merge:
-        return x.gather(1, sel.keep[..., None].expand(-1, -1, C)), new_size
+        return _rows(x, sel.keep), new_size
     w = size.to(x.dtype)[..., None]
     total = torch.zeros(B, n_keep, C, dtype=x.dtype, device=x.device).scatter_add_(
         1, sel.target[..., None].expand(-1, -1, C), x * w)
-    kept = x.gather(1, sel.keep[..., None].expand(-1, -1, C))
+    kept = _rows(x, sel.keep)
     denom = new_size.to(x.dtype)[..., None]
     return torch.where(denom > 0, total / denom.clamp_min(1e-30), kept), new_size

@@ -8,7 +8,8 @@ of a key (-inf masks a pad key, and a pad query gives no importance; ToMe's prop
 log(size)); keep [B, N'] the tokens that take part, read in place. out [B, N', H, D] (empty unless need_out);
 importance [B, H, N'] the attention each token receives from the real queries, per head; probs [B, N', N'] the
 head-averaged probabilities when need_probs (heads weighted by head_weights [B, H], normalized; else equally),
-else empty. The kernel never writes a head's N x N probabilities to memory.
+else empty. Without need_out, heads of weight 0 are skipped (their importance rows are 0). The kernel never writes
+a head's N x N probabilities to memory.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def attention_reference(q, k, v, key_bias=None, keep=None, head_weights=None, ne
         return out, importance, probs.new_empty(0)
     w = torch.ones(B, H, dtype=probs.dtype, device=probs.device) if head_weights is None else head_weights.to(
         probs.dtype)
+    if not need_out:
+        importance = importance * (w > 0)[..., None]
     w = w / w.sum(1, keepdim=True).clamp_min(1e-30)
     return out, importance, (probs * w[:, :, None, None]).sum(1)
 

@@ -216,15 +216,19 @@ def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool):
                 s = s + bias[:, None, :]
             stats["cls"] = s.softmax(-1).sum(1)
         return out, stats
-    # Zero-TPrune: output and per-head received attention in one pass; the head filter; then the filtered heads'
-    # mean matrix from a second, statistics-only pass (no weighted sum of values), unless every head passes
+    # Zero-TPrune: the output, per-head received attention and the all-heads mean in one pass; the head filter on
+    # the per-head statistics; then the mean over the heads it drops from a statistics-only pass over those heads
+    # alone (a quarter of them by default), taken out of the all-heads mean
     lo, hi = cfg.head_quantiles
-    if lo <= 0.0 and hi >= 1.0:
-        out, imp, mean = attention(q, k, v, bias, need_probs=True)
-    else:
-        out, imp, _ = attention(q, k, v, bias)
-        w = A.head_filter(imp, st.valid, lo, hi)
-        mean = attention(q, k, v, bias, head_weights=w, need_out=False, need_probs=True)[2]
+    out, imp, mean = attention(q, k, v, bias, need_probs=True)
+    if lo > 0.0 or hi < 1.0:
+        H = q.shape[2]
+        kept = A.head_filter(imp, st.valid, lo, hi)
+        dropped = 1.0 - kept
+        n_drop = dropped.sum(1)
+        if bool((n_drop > 0).any()):
+            mean_dropped = attention(q, k, v, bias, head_weights=dropped, need_out=False, need_probs=True)[2]
+            mean = (mean * H - mean_dropped * n_drop[:, None, None]) / (H - n_drop)[:, None, None]
     stats["attn"] = mean
     return out, stats
 
@@ -262,9 +266,9 @@ def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: to
                 st.valid = st.valid.gather(1, sel.keep)
         x = fam.feed_forward(layer, x)
         if want_hidden:
-            hidden.append(x.gather(1, st.source[..., None].expand(-1, -1, x.shape[-1])))
+            hidden.append(A._rows(x, st.source))
     record["tokens_out"] = x.shape[1]
-    full = x.gather(1, st.source[..., None].expand(-1, -1, x.shape[-1]))
+    full = A._rows(x, st.source)
     return full, x, hidden
 
 
