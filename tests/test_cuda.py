@@ -104,3 +104,23 @@ def test_cuda_sparse24_module():
     layer = Sparse24Linear.from_linear(torch.nn.Linear(96, 40), dtype=torch.bfloat16)
     x = torch.randn(3, 96).bfloat16()
     assert rel_err(layer.cuda()(x.cuda()).cpu(), layer.cpu()(x)) < 1e-2
+
+
+@pytest.mark.parametrize("N,H,D", [(1, 1, 8), (7, 3, 40), (197, 6, 64), (513, 2, 24)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cuda_token_attention_matches_reference(N, H, D, masked):
+    from slimformer.tokens.attention import attention, attention_reference
+    B = 2
+    q, k, v = (torch.randn(B, N, H, D) for _ in range(3))
+    bias = torch.zeros(B, N)
+    if masked and N > 2:
+        bias[1, N // 2:] = float("-inf")
+    keep = torch.stack([torch.arange(0, N, 2)] * B)
+    w = torch.rand(B, H)
+    for kp in (None, keep):
+        got = attention(q.cuda(), k.cuda(), v.cuda(), bias.cuda(), None if kp is None else kp.cuda(), w.cuda(),
+                        True, True)
+        want = attention_reference(q.double(), k.double(), v.double(), bias.double(), kp, w.double(), True, True)
+        assert rel_err(got[0].cpu(), want[0]) < 1e-5
+        assert (got[1].cpu().double() - want[1]).abs().max() < 1e-5 * want[1].abs().max().clamp_min(1)
+        assert (got[2].cpu().double() - want[2]).abs().max() < 1e-6

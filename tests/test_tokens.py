@@ -332,3 +332,27 @@ def test_bad_input_is_a_clear_error():
         m(input_ids=ids, output_attentions=True)
     with pytest.raises(ValueError, match="no token pruning"):
         slimformer.token_pruning_report(_bert())
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_layer_statistics_from_the_kernel_equal_the_definitions(padded):
+    # what the patched layer hands the selection (per-head received attention, the class token's row, the
+    # head-filtered mean built from the all-heads mean minus the dropped heads) against eager probabilities
+    B, N, H, D = 3, 17, 6, 8
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, N, H, D, generator=g) for _ in range(3))
+    valid = torch.ones(B, N, dtype=torch.bool)
+    if padded:
+        valid[1, 12:] = False
+    st = P._State(valid if padded else None, valid.float(), torch.arange(N).expand(B, -1))
+    probs = (torch.einsum("bihd,bjhd->bhij", q, k) * D ** -0.5).masked_fill(~valid[:, None, None, :], -math.inf)
+    probs = probs.softmax(-1)
+    cfg = slimformer.TokenPruneConfig(method="zero-tprune", r=2, head_quantiles=(0.1, 0.7))
+    out, stats = P._layer_attention(cfg, q, k, v, st, True)
+    w = A.head_filter(A.received_per_head(probs, valid), valid, 0.1, 0.7)
+    assert torch.allclose(stats["attn"], A.head_mean(probs, w), atol=1e-6)
+    assert torch.allclose(out, torch.einsum("bhij,bjhd->bihd", probs, v), atol=1e-5)
+    cfg = slimformer.TokenPruneConfig(method="attention", r=2, attention_from="cls")
+    _, stats = P._layer_attention(cfg, q, k, v, st, True)
+    assert torch.allclose(stats["importance"], A.received_per_head(probs, valid), atol=1e-5)
+    assert torch.allclose(stats["cls"], A.cls_attention(probs), atol=1e-6)
