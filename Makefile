@@ -35,7 +35,7 @@ demo: install
 	$(PY) -m slimformer.demo
 
 $(VENV)/.bench-stamp: $(VENV)/.deps-stamp
-	$(PY) -m pip install -q onnx onnxruntime
+	$(PY) -m pip install -q onnx onnxruntime matplotlib scikit-learn
 	touch $@
 
 bench: install $(VENV)/.bench-stamp

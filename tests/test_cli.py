@@ -103,6 +103,11 @@ def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
     (["eval", "{ws}/llama", "--text", "{ws}/text.txt", "--seqlen", "1"], "at least 2"),
     (["eval", "{ws}/llama", "--text", "{ws}/text.txt", "--max-tokens", "0"], "positive integer"),
     (["eval", "{ws}/bert", "--text", "{ws}/text.txt", "--reference", "{ws}/bert-small"], "not the same model"),
+    (["bench", "{ws}/llama", "--prune-tokens", "tome"], "causal LM"),
+    (["bench", "{ws}/bert", "--keep", "0.5"], "pass --prune-tokens"),
+    (["bench", "{ws}/bert", "--prune-tokens", "tome", "--keep", "1.5"], "fraction"),
+    (["eval", "{ws}/bert", "--text", "{ws}/text.txt", "--prune-tokens", "tome", "--keep", "0.6", "--r", "2"],
+     "one of --keep"),
 ])
 def test_cli_errors(workspace, capsys, args, message):
     try:
@@ -145,3 +150,15 @@ def test_sparsify_eval_bench(workspace, capsys):
     assert "--calib FILE.txt is required for wanda" in capsys.readouterr().err
     assert cli.main(["sparsify", str(workspace / "llama"), str(workspace / "llama")]) == 2
     assert "overwrite the dense model" in capsys.readouterr().err
+
+
+def test_token_pruning_bench_and_eval(workspace, capsys):
+    assert cli.main(["bench", str(workspace / "bert"), "--prune-tokens", "zero-tprune", "--keep", "0.65",
+                     "--seqlen", "32", "--batch", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| model |" in table and "zero-tprune (FLOPs 0.65)" in table and "sequences/s speedup" in table
+    assert cli.main(["eval", str(workspace / "bert"), "--text", str(workspace / "text.txt"), "--prune-tokens", "tome",
+                     "--r", "2", "--similarity", "hidden"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reference"] == str(workspace / "bert") and result["token_pruning"]["method"] == "tome"
+    assert 0.0 < result["mean_cosine"] <= 1.0001

@@ -140,6 +140,27 @@ def _quantize(args):
     _save_and_report(model, tokenizer, args.out_dir, report, "quantized")
 
 
+def _token_config(args):
+    """The TokenPruneConfig of --prune-tokens / --keep / --r / --similarity, or None."""
+    if args.prune_tokens is None:
+        if args.keep is not None or args.r is not None:
+            raise CliError("--keep and --r set how much --prune-tokens removes: pass --prune-tokens METHOD too")
+        return None
+    import slimformer
+    if args.r is not None and args.keep is not None:
+        raise CliError("pass one of --keep (FLOP fraction to keep) and --r (tokens removed per layer)")
+    amount = {"r": args.r} if args.r is not None else {"flops": 0.65 if args.keep is None else args.keep}
+    return slimformer.TokenPruneConfig(method=args.prune_tokens, similarity=args.similarity, **amount)
+
+
+def _prune_tokens(model, cfg, path):
+    import slimformer
+    from slimformer import evaluate as ev
+    if ev.is_causal_lm(model.config):
+        raise CliError(f"token pruning is for encoders (BERT family, ViT, DeiT); {path} is a causal LM")
+    slimformer.prune_tokens(model, cfg)
+
+
 def _eval(args):
     from slimformer import evaluate as ev
 
@@ -148,6 +169,13 @@ def _eval(args):
     if tokenizer is None:
         raise CliError(f"{args.model_dir} has no tokenizer files")
     result = {"model": str(args.model_dir)}
+    tokens_cfg = _token_config(args)
+    if tokens_cfg is not None:
+        _prune_tokens(model, tokens_cfg, args.model_dir)
+        result["token_pruning"] = {"method": tokens_cfg.method, "flops": tokens_cfg.flops, "r": tokens_cfg.r,
+                                   "similarity": tokens_cfg.similarity}
+        if args.reference is None:
+            args.reference = args.model_dir  # against the same model unpruned
     if ev.is_causal_lm(model.config):
         seqlen = _check_seqlen(model, args.seqlen, minimum=2)
         ids = ev.token_ids(tokenizer, text)
@@ -172,6 +200,10 @@ def _eval(args):
                       metric="cosine similarity between each sentence's mean-pooled, L2-normalized embedding from "
                              "the model and from the reference (1 = identical)")
         result.update(ev.embedding_fidelity(model, reference, tokenizer, sents, progress=True))
+        if tokens_cfg is not None:
+            import slimformer
+            result["token_pruning"]["flops_fraction_last_batch"] = \
+                slimformer.token_pruning_report(model)["flops_fraction"]
     print(json.dumps(result, indent=2))
     return result
 
@@ -181,12 +213,20 @@ def _bench(args):
 
     from slimformer import evaluate as ev
 
-    models = [("compressed" if ev.is_quantized_checkpoint(args.model_dir) else "model", args.model_dir)]
+    tokens_cfg = _token_config(args)
+    models = [("compressed" if ev.is_quantized_checkpoint(args.model_dir) else "model", args.model_dir, None)]
     if args.reference:
-        models.insert(0, ("dense", args.reference))
+        models.insert(0, ("dense", args.reference, None))
+    elif tokens_cfg is not None:
+        models.insert(0, ("model", args.model_dir, None))
+    if tokens_cfg is not None:
+        what = f"r={tokens_cfg.r}" if tokens_cfg.r is not None else f"FLOPs {tokens_cfg.flops}"
+        models[-1] = (f"{models[-1][0]} + {tokens_cfg.method} ({what})", args.model_dir, tokens_cfg)
     rows = []
-    for label, path in models:
+    for label, path, cfg in models:
         model, _ = ev.load_model(path)
+        if cfg is not None:
+            _prune_tokens(model, cfg, path)
         _check_seqlen(model, args.seqlen + (16 + args.new_tokens if ev.is_causal_lm(model.config) else 0),
                       "--seqlen (plus the decode test's 16 + --new-tokens for causal LMs)")
         vocab = getattr(model.config, "vocab_size", 1000)
@@ -197,14 +237,17 @@ def _bench(args):
         row["sequences/s"] = args.batch / prefill
         if ev.is_causal_lm(model.config):
             row["decode tokens/s"] = 1.0 / ev.time_decode(model, ids[:1, :16], args.new_tokens)
+        if cfg is not None:
+            import slimformer
+            row["FLOP fraction"] = slimformer.token_pruning_report(model)["flops_fraction"]
         rows.append(row)
         print(f"{label}: {row}", file=sys.stderr)
     if len(rows) == 2:
         for key in ("sequences/s", "decode tokens/s"):
             if key in rows[0]:
                 rows[1][f"{key} speedup"] = rows[1][key] / rows[0][key]
-    cols = [c for c in ("model", "sequences/s", "sequences/s speedup", "decode tokens/s", "decode tokens/s speedup")
-            if any(c in r for r in rows)]
+    cols = [c for c in ("model", "sequences/s", "sequences/s speedup", "decode tokens/s", "decode tokens/s speedup",
+                        "FLOP fraction") if any(c in r for r in rows)]
     print(f"batch {args.batch} x {args.seqlen} tokens, torch threads {torch.get_num_threads()}")
     print(ev.markdown_table(rows, cols))
     if args.json:
@@ -217,6 +260,17 @@ def _bench(args):
                 "batch": args.batch, "seqlen": args.seqlen, "new_tokens": args.new_tokens}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     return rows
+
+
+def _token_args(p):
+    from slimformer.tokens import METHODS
+    p.add_argument("--prune-tokens", choices=METHODS, default=None,
+                   help="prune or merge tokens inside the encoder (BERT family, ViT, DeiT) with this method")
+    p.add_argument("--keep", type=float, default=None,
+                   help="with --prune-tokens: fraction of the encoder's FLOPs to keep (default 0.65)")
+    p.add_argument("--r", type=int, default=None, help="with --prune-tokens: tokens removed per layer instead")
+    p.add_argument("--similarity", choices=["keys", "hidden"], default="keys",
+                   help="with --prune-tokens: what ToMe / Zero-TPrune compare (default keys, as the papers)")
 
 
 def _calibration_args(p, calib_help: str):
@@ -284,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--seqlen", type=_positive_int, default=512)
     e.add_argument("--max-tokens", type=_positive_int, default=None)
     e.add_argument("--max-sentences", type=_positive_int, default=1000)
+    _token_args(e)
 
     b = sub.add_parser("bench", help="forward throughput (and decode tokens/s for LMs), dense vs compressed")
     b.add_argument("model_dir", type=Path)
@@ -292,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seqlen", type=_positive_int, default=128)
     b.add_argument("--new-tokens", type=_positive_int, default=32)
     b.add_argument("--json", type=Path, help="also write the rows (and the machine) to this JSON file")
+    _token_args(b)
 
     args = parser.parse_args(argv)
     try:

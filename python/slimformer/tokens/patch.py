@@ -10,6 +10,7 @@ unprune_tokens(model) restores the original forwards.
 from __future__ import annotations
 
 import math
+import time
 import types
 from dataclasses import dataclass, field
 
@@ -198,8 +199,9 @@ def _select(cfg: TokenPruneConfig, li: int, r: int, stats: dict, metric, valid, 
                     iterations=_layer_param(cfg.iterations, li), similarity_fraction=cfg.similarity_fraction)
 
 
-def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool):
-    """The layer's attention output [B, N, H, D] and what its selection needs (see _select)."""
+def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool, clock: list | None = None):
+    """The layer's attention output [B, N, H, D] and what its selection needs (see _select). clock[0] gains the
+    seconds spent on statistics beyond the fused pass (the class token's row, the head filter and its pass)."""
     bias = _key_bias(st.valid, st.size, cfg.method == "tome")
     stats = {}
     if not (prune and cfg.method in ("attention", "zero-tprune")):
@@ -209,18 +211,22 @@ def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool):
     if cfg.method == "attention":
         out, imp, _ = attention(q, k, v, bias)
         stats["importance"] = imp
+        t0 = time.perf_counter()
         if cfg.attention_from == "cls":
             B, N, H, D = q.shape
             s = torch.einsum("bhd,bnhd->bhn", q[:, 0], k) * D ** -0.5
             if bias is not None:
                 s = s + bias[:, None, :]
             stats["cls"] = s.softmax(-1).sum(1)
+        if clock is not None:
+            clock[0] += time.perf_counter() - t0
         return out, stats
     # Zero-TPrune: the output, per-head received attention and the all-heads mean in one pass; the head filter on
     # the per-head statistics; then the mean over the heads it drops from a statistics-only pass over those heads
     # alone (a quarter of them by default), taken out of the all-heads mean
     lo, hi = cfg.head_quantiles
     out, imp, mean = attention(q, k, v, bias, need_probs=True)
+    t0 = time.perf_counter()
     if lo > 0.0 or hi < 1.0:
         H = q.shape[2]
         kept = A.head_filter(imp, st.valid, lo, hi)
@@ -230,6 +236,8 @@ def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool):
             mean_dropped = attention(q, k, v, bias, head_weights=dropped, need_out=False, need_probs=True)[2]
             mean = (mean * H - mean_dropped * n_drop[:, None, None]) / (H - n_drop)[:, None, None]
     stats["attn"] = mean
+    if clock is not None:
+        clock[0] += time.perf_counter() - t0
     return out, stats
 
 
@@ -250,24 +258,28 @@ def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: to
                 torch.arange(T, device=x.device).expand(B, -1))
     hidden = [x] if want_hidden else None
     generator = torch.Generator().manual_seed(cfg.seed)
+    clock = [0.0]  # seconds of pruning bookkeeping: statistics beyond the fused pass, selection, merging, gathers
     for li, layer in enumerate(fam.layers):
         h = fam.pre_attention(layer, x)
         B, N, _ = h.shape
         q, k, v = (lin(h).view(B, N, fam.heads, -1) for lin in fam.qkv(layer))
         r = min(removed[li], N - protected - 1)
-        o, stats = _layer_attention(cfg, q, k, v, st, r > 0)
+        o, stats = _layer_attention(cfg, q, k, v, st, r > 0, clock)
         x = fam.after_attention(layer, o.reshape(B, N, -1), x)
         if r > 0:
+            t0 = time.perf_counter()
             metric = k.flatten(2) if cfg.similarity == "keys" else x
             sel = _select(cfg, li, r, stats, metric, st.valid, protected, generator)
             x, st.size = A.merge_tokens(x, st.size, sel)
             st.source = sel.target.gather(1, st.source)
             if st.valid is not None:
                 st.valid = st.valid.gather(1, sel.keep)
+            clock[0] += time.perf_counter() - t0
         x = fam.feed_forward(layer, x)
         if want_hidden:
             hidden.append(A._rows(x, st.source))
     record["tokens_out"] = x.shape[1]
+    record["bookkeeping_s"] = clock[0]
     full = A._rows(x, st.source)
     return full, x, hidden
 
@@ -353,7 +365,9 @@ def unprune_tokens(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def token_pruning_report(model: torch.nn.Module) -> dict:
-    """The last forward's schedule of the first patched encoder: removed per layer, FLOP fraction, tokens left."""
+    """The last forward's schedule of the first patched encoder: removed per layer, FLOP fraction, tokens left, and
+    bookkeeping_s, the seconds it spent on pruning itself (statistics beyond the fused attention pass, selection,
+    merging and gathers)."""
     for m in model.modules():
         if hasattr(m, "_slimformer_tokens"):
             return dict(m._slimformer_tokens["last"])

@@ -1,0 +1,135 @@
+"""Token pruning speed on this CPU: the fused token-pruned attention kernel against torch SDPA, and whole encoders.
+
+1. Attention alone, q/k/v [32, N, H, 64] fp32: torch.nn.functional.scaled_dot_product_attention against
+   slimformer's kernel giving the output and per-head importance, the output plus the head-averaged matrix, and the
+   statistics-only pass (no output), alternating repeats, medians.
+2. DeiT-S- and ViT-B-shaped encoders (transformers ViTModel built from configs, random weights: speed does not depend
+   on them), fp32, batch 32 of 224 x 224 images (197 tokens): the unpruned model against each method at a FLOP
+   target (default 0.653: DeiT-S's 34.7% cut), alternating, medians; images/s, speedup, and the share of the pruned
+   model's time spent on pruning itself (token_pruning_report's bookkeeping_s: statistics beyond the fused pass,
+   selection, merging and gathers).
+
+    python benchmarks/bench_tokens.py --json benchmarks/results/tokens_speed_zen4.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+import slimformer  # noqa: E402
+from bench_gptq import _cpu_name  # noqa: E402
+from slimformer.tokens.attention import attention  # noqa: E402
+
+SHAPES = {"deit-s": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+          "vit-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeats: int) -> list[dict]:
+    rows = []
+    for N in tqdm(tokens, desc="attention", leave=False):
+        g = torch.Generator().manual_seed(N)
+        q, k, v = (torch.randn(batch, N, heads, 64, generator=g) for _ in range(3))
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        w = torch.ones(batch, heads)
+        fns = {"sdpa": lambda: F.scaled_dot_product_attention(qt, kt, vt),
+               "fused: out + importance": lambda: attention(q, k, v),
+               "fused: out + importance + head mean": lambda: attention(q, k, v, need_probs=True),
+               "fused: statistics only (no out)": lambda: attention(q, k, v, head_weights=w, need_out=False,
+                                                                    need_probs=True)}
+        got = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                got[name].append(median_ms(fn, reps))
+        row = dict(tokens=N, heads=heads, batch=batch, **{name: statistics.median(t) for name, t in got.items()})
+        row["fused over sdpa"] = row["fused: out + importance"] / row["sdpa"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int) -> list[dict]:
+    from transformers import ViTConfig, ViTModel
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(image_size=224, patch_size=16, **SHAPES[shape]), add_pooling_layer=False).eval()
+    px = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    configs = {"unpruned": None}
+    for m in methods:
+        configs[m] = slimformer.TokenPruneConfig(method=m, flops=flops)
+    got = {name: [] for name in configs}
+    book = {name: [] for name in configs}
+    report = {}
+    with torch.no_grad():
+        for _ in tqdm(range(repeats), desc=f"{shape} repeats", leave=False):
+            for name, cfg in configs.items():
+                slimformer.unprune_tokens(model)
+                if cfg is not None:
+                    slimformer.prune_tokens(model, cfg)
+                got[name].append(median_ms(lambda: model(pixel_values=px), reps))
+                if cfg is not None:
+                    report[name] = slimformer.token_pruning_report(model)
+                    book[name].append(report[name]["bookkeeping_s"] * 1e3)
+    slimformer.unprune_tokens(model)
+    base = statistics.median(got["unpruned"])
+    rows = []
+    for name in configs:
+        t = statistics.median(got[name])
+        row = dict(shape=shape, method=name, batch=batch, ms=t, images_per_s=batch / t * 1e3, speedup=base / t,
+                   rounds_ms=got[name])
+        if name != "unpruned":
+            b = statistics.median(book[name])
+            row.update(flops_fraction=report[name]["flops_fraction"], removed_per_layer=report[name]["removed"],
+                       tokens_out=report[name]["tokens_out"], bookkeeping_ms=b, bookkeeping_share=b / t)
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "rounds_ms"}, flush=True)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=["deit-s", "vit-b"], choices=sorted(SHAPES))
+    p.add_argument("--methods", nargs="+", default=list(slimformer.tokens.METHODS))
+    p.add_argument("--flops", type=float, default=0.653)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--tokens", nargs="+", type=int, default=[65, 128, 197])
+    p.add_argument("--reps", type=int, default=3, help="timed forwards per measurement (median)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats (median)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"meta": dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
+                           isa=slimformer.ops.cpu_isa(), batch=args.batch, flops_target=args.flops,
+                           reps=args.reps, repeats=args.repeats)}
+    if not args.skip_attention:
+        result["attention"] = bench_attention(args.tokens, 6, args.batch, max(args.reps, 5), args.repeats)
+    result["encoders"] = []
+    for shape in args.shapes:
+        result["encoders"] += bench_encoder(shape, args.methods, args.flops, args.batch, args.reps, args.repeats)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
