@@ -26,31 +26,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
                                                                    const c10::optional<at::Tensor>& keep_in,
                                                                    const c10::optional<at::Tensor>& head_weights_in,
                                                                    bool need_out, bool need_probs) {
-  const int64_t NK = check_attention_inputs(q, k, v, key_bias_in, keep_in, head_weights_in, need_out, need_probs);
-  const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3);
-  // d must be contiguous; anything else about the strides is read as it is
-  const at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous();
-  const at::Tensor kc = k.stride(3) == 1 ? k : k.contiguous();
-  const at::Tensor vc = v.stride(3) == 1 ? v : v.contiguous();
-  const bool has_bias = key_bias_in.has_value() && key_bias_in->defined();
-  const bool has_keep = keep_in.has_value() && keep_in->defined();
-  const at::Tensor bias = has_bias ? key_bias_in->contiguous() : at::Tensor();
-  const at::Tensor keep = has_keep ? keep_in->contiguous() : at::Tensor();
-  at::Tensor out = need_out ? at::empty({B, NK, H, D}, q.options()) : at::empty({0}, q.options());
-  AttnArgs a{N,
-             NK,
-             H,
-             D,
-             qc.data_ptr<float>(),
-             kc.data_ptr<float>(),
-             vc.data_ptr<float>(),
-             {qc.stride(0), qc.stride(1), qc.stride(2)},
-             {kc.stride(0), kc.stride(1), kc.stride(2)},
-             {vc.stride(0), vc.stride(1), vc.stride(2)},
-             has_keep ? keep.data_ptr<int64_t>() : nullptr,
-             has_bias ? bias.data_ptr<float>() : nullptr,
-             static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))),
-             need_out ? out.data_ptr<float>() : nullptr};
+  PreparedAttention pa = prepare_attention(q, k, v, key_bias_in, keep_in, head_weights_in, need_out, need_probs);
+  const AttnArgs& a = pa.args;
+  const int64_t B = pa.B, NK = a.NK, H = a.H;
   const CpuKernels& kern = kCpuKernels.active();
   const int64_t nkp = padded(NK);
   const size_t scratch = scratch_floats(a);
@@ -64,11 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
         kern.attention_head(a, t / H, t % H, ip + t * nkp, nullptr, 0.f, need_out, work.data());
     });
   } else {
-    // head weights normalized per sequence (all heads 1 / H without a filter)
-    at::Tensor w = head_weights_in.has_value() && head_weights_in->defined()
-                       ? head_weights_in->to(at::kFloat).contiguous()
-                       : at::ones({B, H}, q.options());
-    w = w / w.sum(1, true).clamp_min(1e-30);
+    const at::Tensor w = normalized_head_weights(head_weights_in, B, H, q.options());
     const float* wp = w.data_ptr<float>();
     at::Tensor pr = at::zeros({B, NK, nkp}, q.options());
     float* pp = pr.data_ptr<float>();
@@ -82,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
     });
     probs = pr.narrow(2, 0, NK).contiguous();
   }
-  return {out, imp.narrow(2, 0, NK).contiguous(), probs};
+  return {pa.out, imp.narrow(2, 0, NK).contiguous(), probs};
 }
 
 }  // namespace

@@ -2,6 +2,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+
+#include "tokens/tokens_cpu.h"
+
 namespace slimformer {
 namespace tokens {
 
@@ -50,6 +54,54 @@ inline int64_t check_attention_inputs(const at::Tensor& q, const at::Tensor& k, 
   const auto lo = keep->min().item<int64_t>(), hi = keep->max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < N, "keep holds token indices in [0, ", N, "), got values from ", lo, " to ", hi);
   return keep->size(1);
+}
+
+// The checked inputs in the layout the kernels read (d contiguous, other strides as they are), the output tensor, and
+// the kernels' argument block pointing into them (valid while this object lives).
+struct PreparedAttention {
+  at::Tensor q, k, v, bias, keep, out;
+  AttnArgs args;
+  int64_t B;
+};
+
+inline PreparedAttention prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const c10::optional<at::Tensor>& key_bias,
+                                           const c10::optional<at::Tensor>& keep,
+                                           const c10::optional<at::Tensor>& head_weights, bool need_out,
+                                           bool need_probs) {
+  const int64_t NK = check_attention_inputs(q, k, v, key_bias, keep, head_weights, need_out, need_probs);
+  PreparedAttention p;
+  p.q = q.stride(3) == 1 ? q : q.contiguous();
+  p.k = k.stride(3) == 1 ? k : k.contiguous();
+  p.v = v.stride(3) == 1 ? v : v.contiguous();
+  if (key_bias.has_value() && key_bias->defined()) p.bias = key_bias->contiguous();
+  if (keep.has_value() && keep->defined()) p.keep = keep->contiguous();
+  const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3);
+  p.B = B;
+  p.out = need_out ? at::empty({B, NK, H, D}, q.options()) : at::empty({0}, q.options());
+  p.args = AttnArgs{N,
+                    NK,
+                    H,
+                    D,
+                    p.q.data_ptr<float>(),
+                    p.k.data_ptr<float>(),
+                    p.v.data_ptr<float>(),
+                    {p.q.stride(0), p.q.stride(1), p.q.stride(2)},
+                    {p.k.stride(0), p.k.stride(1), p.k.stride(2)},
+                    {p.v.stride(0), p.v.stride(1), p.v.stride(2)},
+                    p.keep.defined() ? p.keep.data_ptr<int64_t>() : nullptr,
+                    p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
+                    static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))),
+                    need_out ? p.out.data_ptr<float>() : nullptr};
+  return p;
+}
+
+// Head weights normalized per sequence ([B, H]; all 1 / H when none are given).
+inline at::Tensor normalized_head_weights(const c10::optional<at::Tensor>& head_weights, int64_t B, int64_t H,
+                                          const at::TensorOptions& options) {
+  at::Tensor w = head_weights.has_value() && head_weights->defined() ? head_weights->to(options.dtype(at::kFloat))
+                                                                     : at::ones({B, H}, options.dtype(at::kFloat));
+  return (w / w.sum(1, true).clamp_min(1e-30)).contiguous();
 }
 
 }  // namespace tokens
