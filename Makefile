@@ -16,7 +16,7 @@ all: install
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.56"
+	$(PY) -m pip install -q "scikit-build-core>=0.10" numpy tqdm safetensors pytest "transformers>=4.56" scikit-learn
 	# The published GPTQ reference the tests compare against; --no-deps: only its pure-PyTorch files are used.
 	$(PY) -m pip install -q --no-deps "auto-gptq==0.7.1"
 	# The 2:4 checkpoint peer (its last release with the sparse-24-bitmask compressor); --no-deps keeps its
@@ -35,7 +35,7 @@ demo: install
 	$(PY) -m slimformer.demo
 
 $(VENV)/.bench-stamp: $(VENV)/.deps-stamp
-	$(PY) -m pip install -q onnx onnxruntime matplotlib scikit-learn
+	$(PY) -m pip install -q onnx onnxruntime matplotlib
 	touch $@
 
 bench: install $(VENV)/.bench-stamp

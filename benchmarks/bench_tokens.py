@@ -67,11 +67,15 @@ def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeat
     return rows
 
 
-def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int) -> list[dict]:
+def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int,
+                  image_size: int = 224, layers: int | None = None) -> list[dict]:
     from transformers import ViTConfig, ViTModel
     torch.manual_seed(0)
-    model = ViTModel(ViTConfig(image_size=224, patch_size=16, **SHAPES[shape]), add_pooling_layer=False).eval()
-    px = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    fields = dict(SHAPES[shape])
+    if layers is not None:
+        fields["num_hidden_layers"] = layers
+    model = ViTModel(ViTConfig(image_size=image_size, patch_size=16, **fields), add_pooling_layer=False).eval()
+    px = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     configs = {"unpruned": None}
     for m in methods:
         configs[m] = slimformer.TokenPruneConfig(method=m, flops=flops)
@@ -115,17 +119,21 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats (median)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--image-size", type=int, default=224, help="smaller for a quick check (tokens: (size/16)^2 + 1)")
+    p.add_argument("--layers", type=int, default=None, help="override the encoders' 12 layers (quick checks)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     result = {"meta": dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
                            isa=slimformer.ops.cpu_isa(), batch=args.batch, flops_target=args.flops,
-                           reps=args.reps, repeats=args.repeats)}
+                           reps=args.reps, repeats=args.repeats, image_size=args.image_size,
+                           tokens=(args.image_size // 16) ** 2 + 1)}
     if not args.skip_attention:
         result["attention"] = bench_attention(args.tokens, 6, args.batch, max(args.reps, 5), args.repeats)
     result["encoders"] = []
     for shape in args.shapes:
-        result["encoders"] += bench_encoder(shape, args.methods, args.flops, args.batch, args.reps, args.repeats)
+        result["encoders"] += bench_encoder(shape, args.methods, args.flops, args.batch, args.reps, args.repeats,
+                                            args.image_size, args.layers)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")

@@ -199,6 +199,73 @@ def sparsegpt_published() -> str:
         f"\n\n(`results/sparsegpt_vs_published.json`, {d['meta']['date']}; {d['meta']['published']})"
 
 
+def tokens_speed(name: str) -> str:
+    """bench_tokens.py: the fused attention against SDPA, and whole encoders per method."""
+    d = load(name)
+    m = d["meta"]
+    parts = []
+    if "attention" in d:
+        rows = [[r["tokens"], f"{r['sdpa']:.2f}", f"{r['fused: out + importance']:.2f}",
+                 f"{r['fused: out + importance + head mean']:.2f}", f"{r['fused: statistics only (no out)']:.2f}",
+                 f"{r['fused over sdpa']:.2f}"] for r in d["attention"]]
+        parts.append(f"Attention alone, batch {m['batch']}, 6 heads of 64, fp32, ms:\n\n" + table(
+            ["tokens", "torch SDPA", "fused: out + importance", "+ head-averaged matrix", "statistics only",
+             "fused / SDPA"], rows))
+    rows = []
+    for r in d["encoders"]:
+        rows.append([r["shape"], r["method"], f"{r['images_per_s']:.1f}", f"{r['speedup']:.2f}",
+                     f"{r['flops_fraction']:.3f}" if "flops_fraction" in r else "1",
+                     r.get("tokens_out", m.get("tokens", 197)),
+                     f"{100 * r['bookkeeping_share']:.1f}%" if "bookkeeping_share" in r else ""])
+    size = m.get("image_size", 224)
+    parts.append(f"Encoders (ViTModel from configs, {size} x {size}, {m.get('tokens', 197)} tokens), fp32, batch "
+                 f"{m['batch']}, FLOP target "
+                 f"{m['flops_target']}:\n\n" + table(["encoder", "method", "images/s", "speedup", "FLOP fraction",
+                                                       "tokens at the end", "pruning bookkeeping"], rows))
+    return "\n\n".join(parts) + (f"\n\n`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads, ISA path "
+                                  f"`{m['isa']}`, {m['repeats']} alternating repeats of the median of {m['reps']}.")
+
+
+def tokens_quality(name: str) -> str:
+    """eval_tokens_quality.py: MiniLM cosine and the digits ViT's top-1 against the FLOP fraction."""
+    d = load(name)
+    m = d["meta"]
+    parts = []
+    if "minilm" in d:
+        q = d["minilm"]
+        methods = list(dict.fromkeys(r["method"] for r in q["rows"]))
+        targets = sorted({r["flops_target"] for r in q["rows"]}, reverse=True)
+        rows = []
+        for meth in methods:
+            by_t = {r["flops_target"]: r for r in q["rows"] if r["method"] == meth}
+            sp = q["speed_at_0_65"].get(meth, {}).get("speedup")
+            rows.append([meth] + [f"{by_t[t]['unseen mean_cosine']:.4f} ({by_t[t]['selection mean_cosine']:.4f})"
+                                  for t in targets] + [f"{sp:.2f}x" if sp else ""])
+        fr = {t: next(r["flops_fraction"] for r in q["rows"] if r["flops_target"] == t) for t in targets}
+        parts.append("all-MiniLM-L6-v2, mean sentence cosine to the unpruned model on unseen text (selection text "
+                     "in brackets), 64-token passages, by the fraction of the encoder's FLOPs kept:\n\n" + table(
+                         ["method"] + [f"{t} ({fr[t]:.3f})" for t in targets] + ["speed at 0.65"], rows))
+        rows = [[a["method"], f"{a['flops_fraction']:.3f}", f"{a['unseen mean_cosine']:.4f}",
+                 f"{a['selection mean_cosine']:.4f}"] for a in q["anchors"]]
+        parts.append("Single-cut anchors (one cut in layer index 1):\n\n" + table(
+            ["method", "FLOP fraction", "unseen cosine", "selection cosine"], rows) +
+            f"\n\n`unprune_tokens` restores the exact outputs: {q['unprune_restores_exactly']}; passages: "
+            f"{q['passages']}.")
+    if "vit" in d:
+        v = d["vit"]
+        base = next(r["top1"] for r in v["rows"] if r["method"] == "unpruned")
+        methods = list(dict.fromkeys(r["method"] for r in v["rows"] if r["method"] != "unpruned"))
+        targets = sorted({r["flops_target"] for r in v["rows"] if r["method"] != "unpruned"}, reverse=True)
+        rows = []
+        for meth in methods:
+            by_t = {r["flops_target"]: r for r in v["rows"] if r["method"] == meth}
+            rows.append([meth] + [f"{by_t[t]['top1']:.2f} ({-by_t[t]['drop']:+.2f})" for t in targets])
+        parts.append(f"ViT on digits ({v['tokens']} tokens, 6 layers, trained here in {v['train_s']:.0f} s, "
+                     f"{v['test_images']} held-out images; unpruned top-1 {base:.2f}%), top-1 (change) by the "
+                     f"FLOP fraction kept:\n\n" + table(["method"] + [str(t) for t in targets], rows))
+    return "\n\n".join(parts) + f"\n\n(`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads.)"
+
+
 SECTIONS = {
     "goals-zen4": lambda: goals([("avx2", "gptq_cpu_goals_zen4_avx2.json"),
                                  ("avx512", "gptq_cpu_goals_zen4_avx512.json"),
@@ -223,6 +290,8 @@ SECTIONS = {
     "sparse24-zen4": lambda: sparse24_speed("sparse24_cpu_zen4.json"),
     "sparse24-quality": sparse24_quality,
     "sparsegpt-published": sparsegpt_published,
+    "tokens-speed": lambda: tokens_speed("tokens_speed_zen4.json"),
+    "tokens-quality": lambda: tokens_quality("tokens_quality.json"),
 }
 
 def render(template: Path) -> str:

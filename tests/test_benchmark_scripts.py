@@ -57,3 +57,37 @@ def test_demo_runs_every_variant_and_its_kernels_match(tmp_path, capsys):
     assert rows["2:4+int4 FFN"]["kernel_err"] < 2e-2
     assert rows["2:4+int4 FFN"]["linear_mib"] < rows["2:4 FFN bf16"]["linear_mib"] < rows["dense bf16"]["linear_mib"]
     assert "2:4 FFN bf16" in capsys.readouterr().out
+
+
+def test_bench_tokens_script_writes_its_json(tmp_path):
+    out = tmp_path / "t.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tokens.py"), "--shapes", "deit-s",
+                          "--image-size", "64", "--layers", "2", "--batch", "2", "--tokens", "9", "--reps", "1",
+                          "--repeats", "1", "--methods", "tome", "zero-tprune", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert [r["method"] for r in d["encoders"]] == ["unpruned", "tome", "zero-tprune"]
+    assert d["attention"][0]["tokens"] == 9 and d["attention"][0]["sdpa"] > 0
+    assert all(0 <= r["bookkeeping_share"] < 1 for r in d["encoders"][1:])
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_tables
+    results_tables.RESULTS = tmp_path
+    text = results_tables.tokens_speed("t.json")
+    assert "| deit-s | zero-tprune |" in text and "| 9 |" in text
+
+
+def test_eval_tokens_quality_trains_and_scores_the_digits_vit(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits ViT needs scikit-learn's digits (make's test dependencies)")
+    out = tmp_path / "q.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_tokens_quality.py"), "--skip-minilm",
+                          "--epochs", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    d = json.loads(out.read_text())
+    rows = d["vit"]["rows"]
+    assert rows[0]["method"] == "unpruned" and len(rows) == 1 + 7 * 4
+    assert all(0 <= r["top1"] <= 100 for r in rows)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_tables
+    results_tables.RESULTS = tmp_path
+    assert "| Zero-TPrune (keys) |" in results_tables.tokens_quality("q.json")

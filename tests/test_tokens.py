@@ -120,6 +120,14 @@ def test_zero_tprune_is_the_i_stage_then_the_s_stage():
         assert sel.keep[b, 0] == 0
 
 
+@pytest.mark.parametrize("N,r", [(9, 7), (12, 10), (5, 3)])
+def test_zero_tprune_takes_any_r_the_schedule_allows(N, r):
+    # the S-stage can drop at most half of what the I-stage leaves: the split moves to the I-stage
+    p, met = _probs(2, 2, N), _metric(2, N)
+    sel = A.zero_tprune(A.head_mean(p), met, r, protected=1, iterations=3, similarity_fraction=0.5)
+    assert sel.keep.shape == (2, N - r) and (sel.keep[:, 0] == 0).all()
+
+
 def test_tome_bipartite_soft_matching_and_size_weighted_merge():
     B, N, C, r = 2, 12, 6, 4
     met = _metric(B, N, C)
@@ -356,3 +364,20 @@ def test_layer_statistics_from_the_kernel_equal_the_definitions(padded):
     _, stats = P._layer_attention(cfg, q, k, v, st, True)
     assert torch.allclose(stats["importance"], A.received_per_head(probs, valid), atol=1e-5)
     assert torch.allclose(stats["cls"], A.cls_attention(probs), atol=1e-6)
+
+
+def test_deit_keeps_its_class_and_distillation_tokens():
+    from transformers import DeiTConfig, DeiTModel
+    torch.manual_seed(0)
+    m = DeiTModel(DeiTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                             image_size=32, patch_size=8), add_pooling_layer=False).eval()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(pixel_values=px).last_hidden_state
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method="zero-tprune", r=0))
+        assert (m(pixel_values=px).last_hidden_state - ref).abs().max() < 1e-5
+        assert m._slimformer_tokens["protected"] == 2
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method="attention", r=5))
+        y = m(pixel_values=px).last_hidden_state
+    # the class and distillation tokens are never removed: each keeps a final state of its own
+    assert y.shape == ref.shape and not torch.equal(y[:, 0], y[:, 1])

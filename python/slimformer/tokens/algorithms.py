@@ -178,7 +178,9 @@ def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int
     the rest (the published I -> S order)."""
     B, N, _ = attn.shape
     importance = wpr(attn, None, iterations, protected, emphasis)
-    r_s = min(int(round(r * similarity_fraction)), (N - protected) // 2)
+    r_s = int(round(r * similarity_fraction))
+    while r_s > 0 and r_s > (N - (r - r_s) - protected) // 2:  # the S-stage drops at most half of what is left
+        r_s -= 1
     keep = _keep_by_score(importance, r - r_s, protected)
     if r_s:
         imp_k = importance.gather(1, keep)
