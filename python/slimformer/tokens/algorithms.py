@@ -117,9 +117,9 @@ def _sorted_keep(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     return score.topk(n_keep, dim=-1).indices.sort(dim=-1).values
 
 
-def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
-    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine).
-    Only the removed rows are compared: [B, r, C] x [B, C, N - r]."""
+def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine;
+    metric already unit-length rows when normalized). Only the removed rows are compared: [B, r, C] x [B, C, N-r]."""
     B, N = metric.shape[:2]
     n_keep = keep.shape[1]
     own = torch.arange(n_keep, device=keep.device).expand(B, -1)
@@ -129,7 +129,7 @@ def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor) -> torch.Ten
     gone = torch.ones(B, N, dtype=torch.bool, device=keep.device)
     gone.scatter_(1, keep, False)
     removed = gone.nonzero()[:, 1].view(B, N - n_keep)
-    m = F.normalize(metric.float(), dim=-1)
+    m = metric if normalized else F.normalize(metric.float(), dim=-1)
     sim = _rows(m, removed) @ _rows(m, keep).transpose(1, 2)
     return target.scatter(1, removed, sim.argmax(-1))
 
@@ -146,14 +146,15 @@ def drop_by_score(score: torch.Tensor, r: int, metric: torch.Tensor, protected: 
     return Selection(keep, _target_by_similarity(keep, metric))
 
 
-def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int) -> torch.Tensor:
+def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int,
+                     normalized: bool = False) -> torch.Tensor:
     B, N = importance.shape
     order = importance[:, protected:].argsort(dim=-1, descending=True) + protected
     n_a = (N - protected + 1) // 2
     a_idx, b_idx = order[:, :n_a], order[:, n_a:]
     if r > b_idx.shape[1]:
         raise ValueError(f"the S-stage can remove at most {b_idx.shape[1]} of {N} tokens, asked for {r}")
-    m = F.normalize(metric.float(), dim=-1)
+    m = metric if normalized else F.normalize(metric.float(), dim=-1)
     best = (_rows(m, b_idx) @ _rows(m, a_idx).transpose(1, 2)).max(-1).values  # [B, |B|]
     drop = b_idx.gather(1, best.topk(r, dim=-1).indices)
     gone = torch.zeros(B, N, dtype=torch.bool, device=importance.device)
@@ -182,11 +183,10 @@ def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int
     while r_s > 0 and r_s > (N - (r - r_s) - protected) // 2:  # the S-stage drops at most half of what is left
         r_s -= 1
     keep = _keep_by_score(importance, r - r_s, protected)
+    m = F.normalize(metric.float(), dim=-1)
     if r_s:
-        imp_k = importance.gather(1, keep)
-        met_k = _rows(metric, keep)
-        keep = keep.gather(1, _similarity_keep(imp_k, r_s, met_k, protected))
-    return Selection(keep, _target_by_similarity(keep, metric))
+        keep = keep.gather(1, _similarity_keep(importance.gather(1, keep), r_s, _rows(m, keep), protected, True))
+    return Selection(keep, _target_by_similarity(keep, m, True))
 
 
 def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
@@ -200,7 +200,7 @@ def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
     if r > a_pos.numel() - (protected + 1) // 2:
         raise ValueError(f"ToMe can merge at most {a_pos.numel() - (protected + 1) // 2} of {N} tokens per layer, "
                          f"asked for {r}")
-    scores = m[:, a_pos] @ m[:, b_pos].transpose(1, 2)
+    scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # views: A rows against B rows
     scores[:, a_pos < protected, :] = -math.inf
     scores[:, :, b_pos < protected] = -math.inf
     best, match = scores.max(-1)  # per A token
@@ -263,15 +263,20 @@ def select(method: Callable[..., Selection], r: int, valid: torch.Tensor | None,
 def merge_tokens(x: torch.Tensor, size: torch.Tensor, sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply a selection to hidden states x [B, N, C] and token sizes [B, N] (how many input tokens each stands for;
     0 for pads): returns (x', size'). Kept tokens of a merging selection become the size-weighted mean of everything
-    that targets them; of a dropping one they are gathered (their size grows by the sizes they now represent)."""
+    that targets them; of a dropping one they are gathered (their size grows by the sizes they now represent).
+    Only the removed tokens are scattered: a kept token's own share is its gathered row."""
     B, N, C = x.shape
     n_keep = sel.keep.shape[1]
     new_size = torch.zeros(B, n_keep, dtype=size.dtype, device=size.device).scatter_add_(1, sel.target, size)
-    if not sel.merge:
-        return _rows(x, sel.keep), new_size
-    w = size.to(x.dtype)[..., None]
-    total = torch.zeros(B, n_keep, C, dtype=x.dtype, device=x.device).scatter_add_(
-        1, sel.target[..., None].expand(-1, -1, C), x * w)
     kept = _rows(x, sel.keep)
+    if not sel.merge or n_keep == N:
+        return kept, new_size
+    gone = torch.ones(B, N, dtype=torch.bool, device=x.device)
+    gone.scatter_(1, sel.keep, False)
+    removed = gone.nonzero()[:, 1].view(B, N - n_keep)
+    w_keep = _rows(size, sel.keep).to(x.dtype)[..., None]
+    w_gone = _rows(size, removed).to(x.dtype)[..., None]
+    rows = (sel.target.gather(1, removed) + torch.arange(B, device=x.device)[:, None] * n_keep).flatten()
+    total = (kept * w_keep).view(B * n_keep, C).index_add_(0, rows, (_rows(x, removed) * w_gone).view(-1, C))
     denom = new_size.to(x.dtype)[..., None]
-    return torch.where(denom > 0, total / denom.clamp_min(1e-30), kept), new_size
+    return torch.where(denom > 0, total.view(B, n_keep, C) / denom.clamp_min(1e-30), kept), new_size

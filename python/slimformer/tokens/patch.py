@@ -234,7 +234,7 @@ def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool, clock: lis
         n_drop = dropped.sum(1)
         if bool((n_drop > 0).any()):
             mean_dropped = attention(q, k, v, bias, head_weights=dropped, need_out=False, need_probs=True)[2]
-            mean = (mean * H - mean_dropped * n_drop[:, None, None]) / (H - n_drop)[:, None, None]
+            mean = mean.mul_(H).sub_(mean_dropped.mul_(n_drop[:, None, None])).div_((H - n_drop)[:, None, None])
     stats["attn"] = mean
     if clock is not None:
         clock[0] += time.perf_counter() - t0
