@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,6 @@ class _State:
     valid: torch.Tensor | None  # [B, N] real tokens (None: all)
     size: torch.Tensor          # [B, N] input tokens each current token stands for (0 for pads)
     source: torch.Tensor        # [B, T] current index of each input token
-    history: list = field(default_factory=list)
 
 
 def _key_bias(valid, size, tome):
