@@ -381,3 +381,17 @@ def test_deit_keeps_its_class_and_distillation_tokens():
         y = m(pixel_values=px).last_hidden_state
     # the class and distillation tokens are never removed: each keeps a final state of its own
     assert y.shape == ref.shape and not torch.equal(y[:, 0], y[:, 1])
+
+
+@pytest.mark.parametrize("method", P.METHODS)
+def test_bf16_models_prune_too(method):
+    m = _bert().to(torch.bfloat16)
+    ids, mask = _text_batch()
+    with torch.no_grad():
+        ref = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=0))
+        same = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (same.float() - ref.float())[mask.bool()].abs().max() < 0.1
+        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=3))
+        y = m(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape and torch.isfinite(y).all()

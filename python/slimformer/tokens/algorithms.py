@@ -58,7 +58,7 @@ def head_filter(received: torch.Tensor, valid: torch.Tensor | None = None, low: 
     heads (per sequence; the bounds are inclusive, so at least one head always survives). The paper bounds the
     variance with fixed thresholds tuned per model; quantiles carry over between models without tuning (our choice).
     """
-    recv = received
+    recv = received.float()
     if valid is None:
         var = recv.var(dim=-1, unbiased=False)
     else:

@@ -207,6 +207,9 @@ def _layer_attention(cfg: TokenPruneConfig, q, k, v, st, prune: bool, clock: lis
         # output only: the fused kernel where it runs (faster than SDPA at N=197, benchmarks/README.md), else SDPA
         fused = q.dtype == torch.float32 and ops.HAS_NATIVE
         return (attention(q, k, v, bias)[0] if fused else _sdpa(q, k, v, bias)), stats
+    if q.dtype != torch.float32:  # the statistics in fp32 (the fused kernel's dtype); the output back in q's
+        out, stats = _layer_attention(cfg, q.float(), k.float(), v.float(), st, prune, clock)
+        return out.to(q.dtype), stats
     if cfg.method == "attention":
         out, imp, _ = attention(q, k, v, bias)
         stats["importance"] = imp
@@ -253,7 +256,8 @@ def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: to
         removed, _ = S.from_flops(shape, cfg.flops, bip, first_layer=cfg.first_layer)
     record["removed"] = removed
     record["flops_fraction"] = S.flops_fraction(shape, removed)
-    st = _State(valid, torch.ones(B, T, dtype=x.dtype, device=x.device) if valid is None else valid.to(x.dtype),
+    # sizes are counts: fp32 whatever the model's dtype (bf16 cannot count past 256)
+    st = _State(valid, torch.ones(B, T, device=x.device) if valid is None else valid.float(),
                 torch.arange(T, device=x.device).expand(B, -1))
     hidden = [x] if want_hidden else None
     generator = torch.Generator().manual_seed(cfg.seed)
