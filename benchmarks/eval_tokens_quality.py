@@ -128,23 +128,14 @@ def minilm(n_passages: int, reps: int, repeats: int):
     # speed at the 0.65 target, batch 32 x 64 tokens, alternating with the unpruned model
     batch = {k: v[:32] for k, v in encs["selection"].items()}
     speed = {}
-    with torch.no_grad():
-        def ms():
-            model(**batch)
-            t = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                model(**batch)
-                t.append(time.perf_counter() - t0)
-            return statistics.median(t) * 1e3
-        got = {"unpruned": []}
-        for _ in range(repeats):
-            slimformer.unprune_tokens(model)
-            got["unpruned"].append(ms())
-            for label, fields in METHODS.items():
-                slimformer.prune_tokens(model, slimformer.TokenPruneConfig(flops=0.65, **fields))
-                got.setdefault(label, []).append(ms())
+    got = {"unpruned": []}
+    for _ in range(repeats):
         slimformer.unprune_tokens(model)
+        got["unpruned"].append(ev.time_forward(model, batch, warmup=1, repeat=reps) * 1e3)
+        for label, fields in METHODS.items():
+            slimformer.prune_tokens(model, slimformer.TokenPruneConfig(flops=0.65, **fields))
+            got.setdefault(label, []).append(ev.time_forward(model, batch, warmup=1, repeat=reps) * 1e3)
+    slimformer.unprune_tokens(model)
     base = statistics.median(got["unpruned"])
     for label, t in got.items():
         speed[label] = dict(ms=statistics.median(t), speedup=base / statistics.median(t))
