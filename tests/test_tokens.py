@@ -226,6 +226,11 @@ def test_flops_model_and_solver():
         slimformer.TokenPruneConfig(r=3, flops=0.6)
     with pytest.raises(ValueError, match="method"):
         slimformer.TokenPruneConfig(method="magic", r=3)
+    for bad, what in [(dict(flops=0.0), "flops"), (dict(keep=[1.0, 1.2]), "keep"), (dict(r=-1), "r is"),
+                      (dict(r=[2, 1.5]), "r is"), (dict(r=2, protected=0), "protected"),
+                      (dict(r=2, similarity="values"), "similarity")]:
+        with pytest.raises(ValueError, match=what):
+            slimformer.TokenPruneConfig(**bad)
 
 
 # ------------------------------------------------------------------------------------------------ HF models

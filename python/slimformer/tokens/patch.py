@@ -63,6 +63,16 @@ class TokenPruneConfig:
         given = [n for n in ("r", "keep", "flops") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of r, keep, flops; got {given or 'none'}")
+        if self.flops is not None and not 0.0 < self.flops <= 1.0:
+            raise ValueError(f"flops is the fraction of the unpruned FLOPs to keep, in (0, 1], got {self.flops}")
+        if self.keep is not None and not all(0.0 < k <= 1.0 for k in self.keep):
+            raise ValueError(f"keep holds per-layer fractions of tokens kept, each in (0, 1], got {self.keep}")
+        rs = [self.r] if isinstance(self.r, int) else (self.r or [])
+        if any(not isinstance(v, int) or v < 0 for v in rs):
+            raise ValueError(f"r is the number of tokens each layer removes (a non-negative int or a list), got "
+                             f"{self.r}")
+        if self.protected is not None and self.protected < 1:
+            raise ValueError(f"protected must be at least 1 (the class token is never removed), got {self.protected}")
         if self.similarity not in ("keys", "hidden"):
             raise ValueError(f"similarity must be 'keys' or 'hidden', got {self.similarity!r}")
         if self.attention_from not in ("all", "cls"):
