@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -28,20 +27,11 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 import slimformer  # noqa: E402
 from bench_gptq import _cpu_name  # noqa: E402
+from slimformer.demo import time_ms as median_ms  # noqa: E402
 from slimformer.tokens.attention import attention  # noqa: E402
 
 SHAPES = {"deit-s": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
           "vit-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeats: int) -> list[dict]:

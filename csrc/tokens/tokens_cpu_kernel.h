@@ -147,9 +147,9 @@ inline void softmax_row(const Head& c, int r, int64_t i, float* importance, floa
   }
 }
 
-// out rows i0 .. i0 + R - 1, columns [d0, d0 + NT * L) of Vp.
+// the block's R output rows (dst), columns [d0, d0 + NT * L) of Vp.
 template <int R, int NT>
-inline void pv_tile(const Head& c, int64_t i0, int64_t d0, float* const* dst) {
+inline void pv_tile(const Head& c, int64_t d0, float* const* dst) {
   const AttnArgs& a = c.a;
   F acc[R][NT];
   for (int r = 0; r < R; ++r)
@@ -164,7 +164,6 @@ inline void pv_tile(const Head& c, int64_t i0, int64_t d0, float* const* dst) {
   }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) V::store(dst[r] + d0 + t * V::L, acc[r][t]);
-  (void)i0;
 }
 
 template <int R>
@@ -177,11 +176,11 @@ inline void pv(const Head& c, int64_t i0, float* tmp) {
     dst[r] = direct ? a.out + ((c.b * a.NK + i0 + r) * a.H + c.h) * a.D : tmp + r * c.dp;
   const int64_t nv = (direct ? a.D : c.dp) / V::L;
   int64_t v0 = 0;
-  for (; v0 + 4 <= nv; v0 += 4) pv_tile<R, 4>(c, i0, v0 * V::L, dst);
+  for (; v0 + 4 <= nv; v0 += 4) pv_tile<R, 4>(c, v0 * V::L, dst);
   switch (nv - v0) {
-    case 3: pv_tile<R, 3>(c, i0, v0 * V::L, dst); break;
-    case 2: pv_tile<R, 2>(c, i0, v0 * V::L, dst); break;
-    case 1: pv_tile<R, 1>(c, i0, v0 * V::L, dst); break;
+    case 3: pv_tile<R, 3>(c, v0 * V::L, dst); break;
+    case 2: pv_tile<R, 2>(c, v0 * V::L, dst); break;
+    case 1: pv_tile<R, 1>(c, v0 * V::L, dst); break;
     default: break;
   }
   if (!direct)

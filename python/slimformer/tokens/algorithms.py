@@ -37,9 +37,7 @@ class Selection:
 def attention_received(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Attention each token receives, summed over the (real) queries and the heads: [B, N]. The fused attention
     kernel's importance output."""
-    if valid is not None:
-        probs = probs * valid[:, None, :, None].to(probs.dtype)
-    return probs.sum(dim=(1, 2))
+    return received_per_head(probs, valid).sum(1)
 
 
 def cls_attention(probs: torch.Tensor) -> torch.Tensor:
@@ -113,6 +111,14 @@ def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
+def _complement(idx: torch.Tensor, N: int) -> torch.Tensor:
+    """[B, N - n]: the positions 0 .. N-1 not in idx [B, n] (distinct per row), in increasing order."""
+    B = idx.shape[0]
+    out = torch.ones(B, N, dtype=torch.bool, device=idx.device)
+    out.scatter_(1, idx, False)
+    return out.nonzero()[:, 1].view(B, N - idx.shape[1])
+
+
 def _sorted_keep(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     return score.topk(n_keep, dim=-1).indices.sort(dim=-1).values
 
@@ -126,9 +132,7 @@ def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor, normalized: 
     target = torch.zeros(B, N, dtype=torch.long, device=keep.device).scatter(1, keep, own)
     if n_keep == N:
         return target
-    gone = torch.ones(B, N, dtype=torch.bool, device=keep.device)
-    gone.scatter_(1, keep, False)
-    removed = gone.nonzero()[:, 1].view(B, N - n_keep)
+    removed = _complement(keep, N)
     m = metric if normalized else F.normalize(metric.float(), dim=-1)
     sim = _rows(m, removed) @ _rows(m, keep).transpose(1, 2)
     return target.scatter(1, removed, sim.argmax(-1))
@@ -148,7 +152,7 @@ def drop_by_score(score: torch.Tensor, r: int, metric: torch.Tensor, protected: 
 
 def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int,
                      normalized: bool = False) -> torch.Tensor:
-    B, N = importance.shape
+    N = importance.shape[1]
     order = importance[:, protected:].argsort(dim=-1, descending=True) + protected
     n_a = (N - protected + 1) // 2
     a_idx, b_idx = order[:, :n_a], order[:, n_a:]
@@ -157,9 +161,7 @@ def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, pro
     m = metric if normalized else F.normalize(metric.float(), dim=-1)
     best = (_rows(m, b_idx) @ _rows(m, a_idx).transpose(1, 2)).max(-1).values  # [B, |B|]
     drop = b_idx.gather(1, best.topk(r, dim=-1).indices)
-    gone = torch.zeros(B, N, dtype=torch.bool, device=importance.device)
-    gone.scatter_(1, drop, True)
-    return (~gone).nonzero()[:, 1].view(B, N - r)
+    return _complement(drop, N)
 
 
 def similarity_stage(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int = 1) -> Selection:
@@ -205,9 +207,7 @@ def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
     scores[:, :, b_pos < protected] = -math.inf
     best, match = scores.max(-1)  # per A token
     src = best.topk(r, dim=-1).indices  # A indices merged away
-    gone = torch.zeros(B, N, dtype=torch.bool, device=metric.device)
-    gone.scatter_(1, a_pos[src], True)
-    keep = (~gone).nonzero()[:, 1].view(B, N - r)
+    keep = _complement(a_pos[src], N)
     # target: kept tokens -> their index in keep; merged A tokens -> the index of their B match
     index_in_keep = torch.full((B, N), -1, dtype=torch.long, device=metric.device)
     index_in_keep.scatter_(1, keep, torch.arange(N - r, device=metric.device).expand(B, -1))
@@ -271,9 +271,7 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, sel: Selection) -> tuple[t
     kept = _rows(x, sel.keep)
     if not sel.merge or n_keep == N:
         return kept, new_size
-    gone = torch.ones(B, N, dtype=torch.bool, device=x.device)
-    gone.scatter_(1, sel.keep, False)
-    removed = gone.nonzero()[:, 1].view(B, N - n_keep)
+    removed = _complement(sel.keep, N)
     w_keep = _rows(size, sel.keep).to(x.dtype)[..., None]
     w_gone = _rows(size, removed).to(x.dtype)[..., None]
     rows = (sel.target.gather(1, removed) + torch.arange(B, device=x.device)[:, None] * n_keep).flatten()

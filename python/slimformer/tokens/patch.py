@@ -87,7 +87,6 @@ class _Family:
     """How one encoder family runs a layer: q/k/v, the attention output with its residual, the feed-forward."""
 
     def __init__(self, base, layers):
-        self.base = base
         cfg = base.config
         self.heads = cfg.num_attention_heads
         self.hidden = cfg.hidden_size
