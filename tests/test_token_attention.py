@@ -98,6 +98,9 @@ def test_bad_input_is_a_clear_error():
         op(q[0], k[0], v[0], None, None, None, True, False)
     with pytest.raises(RuntimeError, match="key_bias must be float32"):
         op(q, k, v, torch.zeros(2, 4), None, None, True, False)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match="finite or -inf"):
+            op(q, k, v, torch.zeros(2, 5).index_fill_(1, torch.tensor([2]), bad), None, None, True, False)
     with pytest.raises(RuntimeError, match=r"token indices in \[0, 5\)"):
         op(q, k, v, None, torch.tensor([[0, 5], [0, 1]]), None, True, False)
     with pytest.raises(RuntimeError, match="keep must be int64"):

@@ -27,6 +27,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
                                                                    const c10::optional<at::Tensor>& head_weights_in,
                                                                    bool need_out, bool need_probs) {
   PreparedAttention pa = prepare_attention(q, k, v, key_bias_in, keep_in, head_weights_in, need_out, need_probs);
+  // (CPU only: on CUDA such a bias gives NaN rows rather than a host synchronization on every call)
+  TORCH_CHECK(!pa.bias.defined() ||
+                  !(at::isnan(pa.bias).any().item<bool>() || at::isposinf(pa.bias).any().item<bool>()),
+              "key_bias must be finite or -inf (a masked key); it holds NaN or +inf");
   const AttnArgs& a = pa.args;
   const int64_t B = pa.B, NK = a.NK, H = a.H;
   const CpuKernels& kern = kCpuKernels.active();
