@@ -6,11 +6,12 @@ from helpers import random_hub_layer, rel_err
 from slimformer import QuantLinear
 from slimformer.gptq import format as F
 
-# (bits, K, N, group_size): K and N not multiples of 64 where the format allows it; per-channel; a short last group.
+# (bits, K, N, group_size): K and N not multiples of 64 where the format allows it; per-channel; a short last group;
+# groups of 256 (two integer-kernel blocks each) whose short last group leaves its second block empty.
 CASES = [
     (4, 200, 72, 32), (4, 200, 72, 64), (4, 200, 72, 128), (4, 200, 72, -1),
     (4, 256, 40, 128), (3, 160, 96, 32), (3, 160, 96, 64), (3, 224, 32, 128), (3, 160, 96, -1),
-    (2, 96, 48, 32), (8, 72, 24, -1),
+    (2, 96, 48, 32), (8, 72, 24, -1), (4, 296, 40, 256), (3, 320, 32, 256),
 ]
 ROWS = [1, 2, 3, 5, 15, 16, 17, 33, 130]
 

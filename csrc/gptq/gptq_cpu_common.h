@@ -187,6 +187,27 @@ inline BlockRange block_range(const TiledWeight& w, int64_t blk) {
   return {g, k0, k0 + kI16Block < gend ? k0 + kI16Block : gend};
 }
 
+// The same blocks walked in order without dividing: block_range's two 64-bit divisions sit on the path from one
+// block's loop to the next (the integer kernel measured ~3% faster at M=128 without them; Zen 4, int4 g128).
+struct BlockCursor {
+  int64_t K, gs, bpg;
+  int64_t g = 0, b = 0;  // the current block's group and its index inside the group
+  explicit BlockCursor(const TiledWeight& w)
+      : K(w.K), gs(w.group_size < w.K ? w.group_size : w.K), bpg(i16_blocks_per_group(w)) {}
+  BlockRange range() const {
+    const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
+    const int64_t k0 = g * gs + b * kI16Block;
+    return {g, k0, k0 + kI16Block < gend ? k0 + kI16Block : gend};
+  }
+  bool last_of_group() const { return b == bpg - 1; }
+  void next() {
+    if (++b == bpg) {
+      b = 0;
+      ++g;
+    }
+  }
+};
+
 }  // namespace SF_ISA_NS
 }  // namespace gptq
 }  // namespace slimformer
