@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     std::memcpy(&v, &b, 4);
   }
   const int64_t nb = blocks_i16(shape);
-  std::vector<int32_t> xq(o.m * o.k / 2), res_off(o.m * (nb + 1)), res_k(o.m * o.k);
+  std::vector<int32_t> xq(o.m * o.k / 2), res_n(o.m), res_k(o.m * o.k), res_g(o.m * o.k);
   std::vector<float> bscale(o.m * nb), res_lo(o.m * o.k);
   std::vector<SmallMI16Args> args_i16(o.layers);
   std::vector<int32_t> xa8(o.m * o.k / 4);
@@ -118,8 +118,8 @@ int main(int argc, char** argv) {
     w.scale_zero = sz[l].data();
     const KernelOutput out{y.data(), false, nullptr, o.n};
     args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), out, o.m};
-    args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), res_off.data(), res_k.data(),
-                                res_lo.data(), out, o.m};
+    args_i16[l] = SmallMI16Args{w,           xq.data(),    bscale.data(), xsum.data(), res_n.data(),
+                                res_k.data(), res_g.data(), res_lo.data(), out,         o.m};
     args_a8[l] = SmallMA8Args{w, xa8.data(), ascale.data(), asum.data(), out, o.m};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 4;
@@ -153,8 +153,8 @@ int main(int argc, char** argv) {
       p.kern.prepare_rows_a8(shape, in, 0, o.m, xa8.data(), ascale.data(), asum.data());
       ms = run_ms(p.kern.small_m_gemm_a8, args_a8, o.threads, iters);
     } else if (kind == kI16) {
-      p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_off.data(),
-                              res_k.data(), res_lo.data());
+      p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_n.data(),
+                              res_k.data(), res_g.data(), res_lo.data());
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
     } else {
       p.kern.prepare_rows(shape, in, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale

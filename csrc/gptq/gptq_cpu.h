@@ -58,8 +58,9 @@ struct DequantArgs {
 //   xq      int32 [M, K/2]  pairs of int16 hi values in the order the kernel reads them (see prepare_rows_i16)
 //   bscale  fp32 [M, NB]    2^(e-15) per block (NB = blocks_i16(w))
 //   xsum    fp32 [M, G]     plain sum of the activations of each group
-//   res_off int32 [M, NB+1] residuals of row m, block b are res_k/res_lo[m * K + res_off[m, b] .. res_off[m, b+1])
+//   res_n   int32 [M]       the number of residuals of row m: res_k/res_g/res_lo[m * K + i] for i < res_n[m]
 //   res_k   int32 [M, K]    kernel-order row index k of a nonzero lo
+//   res_g   int32 [M, K]    its quantization group
 //   res_lo  fp32 [M, K]     that lo
 constexpr int64_t kI16Block = 128;
 // A block's int32 sum: at most kI16Block products |hi * q| <= (2^15 - 1) * (2^8 - 1) (8-bit weights are the widest),
@@ -84,8 +85,9 @@ struct SmallMI16Args {
   const int32_t* xq;
   const float* bscale;
   const float* xsum;
-  const int32_t* res_off;
+  const int32_t* res_n;
   const int32_t* res_k;
+  const int32_t* res_g;
   const float* res_lo;
   KernelOutput y;
   int64_t M;
@@ -118,11 +120,12 @@ struct CpuKernels {
                        float* row_scale);
   void (*small_m_gemm)(const SmallMArgs& a, int64_t t0, int64_t t1);
   void (*dequant_tiles)(const DequantArgs& a, int64_t t0, int64_t t1);
-  // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_off, res_k and res_lo
+  // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_n, res_k, res_g and
+  // res_lo
   // for rows [m0, m1) of x [M, K] (kernel row order); it returns false, and the caller must use the float path,
   // when a row holds a non-finite value.
   bool (*prepare_rows_i16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
-                           float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo);
+                           float* xsum, int32_t* res_n, int32_t* res_k, int32_t* res_g, float* res_lo);
   void (*small_m_gemm_i16)(const SmallMI16Args& a, int64_t t0, int64_t t1);
   // Int8 dynamic-activation mode (a8_bits(bits) only). prepare_rows_a8 returns false for a row holding inf or NaN.
   bool (*prepare_rows_a8)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xa8, float* ascale,

@@ -53,10 +53,10 @@ inline void dequant_tiles_any(const DequantArgs& a, int64_t t0, int64_t t1) {
 template <int BITS>
 struct PrepareRowsI16 {
   static void run(bool* ok, const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
-                  float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
+                  float* xsum, int32_t* res_n, int32_t* res_k, int32_t* res_g, float* res_lo) {
     if constexpr (i16_bits(BITS))
       *ok = with_input(x, [&](const auto* p) {
-        return prepare_rows_i16<BITS>(w, p, m0, m1, xq, bscale, xsum, res_off, res_k, res_lo);
+        return prepare_rows_i16<BITS>(w, p, m0, m1, xq, bscale, xsum, res_n, res_k, res_g, res_lo);
       });
   }
 };
@@ -67,9 +67,9 @@ struct SmallMGemmI16 {
   }
 };
 inline bool prepare_rows_i16_any(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq,
-                                 float* bscale, float* xsum, int32_t* res_off, int32_t* res_k, float* res_lo) {
+                                 float* bscale, float* xsum, int32_t* res_n, int32_t* res_k, int32_t* res_g, float* res_lo) {
   bool ok = false;  // bits without an integer path: the caller falls back to the float path
-  dispatch_bits<PrepareRowsI16>(w.bits, &ok, w, x, m0, m1, xq, bscale, xsum, res_off, res_k, res_lo);
+  dispatch_bits<PrepareRowsI16>(w.bits, &ok, w, x, m0, m1, xq, bscale, xsum, res_n, res_k, res_g, res_lo);
   return ok;
 }
 inline void small_m_gemm_i16_any(const SmallMI16Args& a, int64_t t0, int64_t t1) {

@@ -89,22 +89,23 @@ bool use_integer_path(at::ScalarType dtype, int64_t bits) {
 // The integer small-M path; returns false (having written nothing to y) when a row holds inf or NaN.
 bool small_m_i16_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
   const int64_t K = w.K, G = w.groups(), NB = blocks_i16(w);
-  // One workspace of 4-byte words: xq [M, K/2], res_k [M, K], res_off [M, NB+1] (int32); bscale [M, NB],
+  // One workspace of 4-byte words: xq [M, K/2], res_k [M, K], res_g [M, K], res_n [M] (int32); bscale [M, NB],
   // xsum [M, G], res_lo [M, K] (fp32).
-  const int64_t n_xq = M * (K / 2), n_rk = M * K, n_off = M * (NB + 1), n_bs = M * NB, n_xs = M * G;
-  at::Tensor ws = workspace(n_xq + n_rk + n_off + n_bs + n_xs + M * K);
+  const int64_t n_xq = M * (K / 2), n_rk = M * K, n_bs = M * NB, n_xs = M * G;
+  at::Tensor ws = workspace(n_xq + 2 * n_rk + M + n_bs + n_xs + M * K);
   int32_t* xq = ws.data_ptr<int32_t>();
   int32_t* res_k = xq + n_xq;
-  int32_t* res_off = res_k + n_rk;
-  float* bscale = reinterpret_cast<float*>(res_off + n_off);
+  int32_t* res_g = res_k + n_rk;
+  int32_t* res_n = res_g + n_rk;
+  float* bscale = reinterpret_cast<float*>(res_n + M);
   float* xsum = bscale + n_bs;
   float* res_lo = xsum + n_xs;
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
-    if (!kern.prepare_rows_i16(w, x, b, e, xq, bscale, xsum, res_off, res_k, res_lo)) ok = false;
+    if (!kern.prepare_rows_i16(w, x, b, e, xq, bscale, xsum, res_n, res_k, res_g, res_lo)) ok = false;
   });
   if (!ok) return false;
-  const SmallMI16Args args{w, xq, bscale, xsum, res_off, res_k, res_lo, y, M};
+  const SmallMI16Args args{w, xq, bscale, xsum, res_n, res_k, res_g, res_lo, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
   return true;
 }
