@@ -1,11 +1,12 @@
 // Raw-kernel benchmark of the GPTQ small-M CPU kernel: no torch, no Python, no dispatcher overhead.
 // Streams `layers` distinct random weights (more than fit in the last-level cache) and reports the median time
 // per layer, the effective weight-read bandwidth, and the GFLOP/s, for each ISA path the CPU supports: the float
-// kernel (fp32 activations), for 2/4/8 bits the integer kernel that bf16 activations take ("-i16" rows), and for
-// 4 bits the opt-in int8 activation mode ("-a8" rows; activation quantization not timed, as for the others).
+// kernel (fp32 activations), for 2/4/8 bits the integer kernel that bf16 activations take ("-i16" rows), on
+// AVX512-BF16 CPUs for 2/4 bits the bf16 kernel they take there ("-bf16" rows), and for 4 bits the opt-in int8
+// activation mode ("-a8" rows; activation preparation not timed, for any of them).
 //
 // usage: bench_gptq_kernel [--k 4096] [--n 4096] [--m 1] [--bits 4] [--group 128] [--layers 16] [--iters 20]
-//                          [--threads 2] [--isa scalar|avx2|avx512|avx512vnni] [--json]
+//                          [--threads 2] [--isa scalar|avx2|avx512|avx512vnni|avx512bf16] [--json]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -57,8 +58,9 @@ Options parse(int argc, char** argv) {
       std::exit(2);
     }
   }
-  if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512" || o.isa == "avx512vnni")) {
-    std::fprintf(stderr, "--isa must be scalar, avx2, avx512 or avx512vnni, got %s\n", o.isa.c_str());
+  if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512" || o.isa == "avx512vnni" ||
+        o.isa == "avx512bf16")) {
+    std::fprintf(stderr, "--isa must be scalar, avx2, avx512, avx512vnni or avx512bf16, got %s\n", o.isa.c_str());
     std::exit(2);
   }
   if (o.group <= 0) o.group = o.k;
@@ -101,12 +103,21 @@ int main(int argc, char** argv) {
     std::memcpy(&v, &b, 4);
   }
   const int64_t nb = blocks_i16(shape);
-  std::vector<int32_t> xq(o.m * o.k / 2), res_n(o.m), res_k(o.m * o.k), res_g(o.m * o.k);
+  std::vector<int32_t> xq(o.m * o.k / 2), res_n(o.m), res_k(o.m * o.k), res_g(o.m * o.k), res_count(o.k + 1);
   std::vector<float> bscale(o.m * nb), res_lo(o.m * o.k);
+  std::vector<I16Residual> res;
   std::vector<SmallMI16Args> args_i16(o.layers);
   std::vector<int32_t> xa8(o.m * o.k / 4);
   std::vector<float> ascale(o.m * nb), asum(o.m * nb);
   std::vector<SmallMA8Args> args_a8(o.layers);
+  std::vector<uint16_t> xbf(o.m * o.k);  // x's bf16 bit patterns (x holds bf16 values)
+  for (int64_t i = 0; i < o.m * o.k; ++i) {
+    uint32_t b;
+    std::memcpy(&b, &x[i], 4);
+    xbf[i] = static_cast<uint16_t>(b >> 16);
+  }
+  std::vector<int32_t> xb(o.m * o.k / 2);
+  std::vector<SmallMBf16Args> args_bf16(o.layers);
   for (int64_t l = 0; l < o.layers; ++l) {
     q[l].resize(shape.n_tiles() * shape.k_words() * kTileCols);
     for (auto& v : q[l]) v = static_cast<int32_t>(rng());
@@ -118,9 +129,9 @@ int main(int argc, char** argv) {
     w.scale_zero = sz[l].data();
     const KernelOutput out{y.data(), false, nullptr, o.n};
     args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), out, o.m};
-    args_i16[l] = SmallMI16Args{w,           xq.data(),    bscale.data(), xsum.data(), res_n.data(),
-                                res_k.data(), res_g.data(), res_lo.data(), out,         o.m};
+    args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), nullptr, 0, out, o.m};  // res: below
     args_a8[l] = SmallMA8Args{w, xa8.data(), ascale.data(), asum.data(), out, o.m};
+    args_bf16[l] = SmallMBf16Args{w, xb.data(), xsum.data(), out, o.m};
   }
   const double weight_bytes = double(o.k) * o.n * o.bits / 8 + double(shape.groups()) * o.n * 4;
   struct Path {
@@ -138,29 +149,47 @@ int main(int argc, char** argv) {
       {"avx512vnni", cpu_kernels_avx512vnni(),
        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")},
+      {"avx512bf16", cpu_kernels_avx512bf16(),
+       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16")},
   };
   if (!o.json)
     std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",
                 "GB/s", "GFLOP/s");
   const KernelInput in{x.data(), false};  // fp32 holding bf16 values
-  enum Kind { kFloat, kI16, kA8 };
+  enum Kind { kFloat, kI16, kA8, kBf16 };
   for (const Path& p : paths)
-    for (const Kind kind : {kFloat, kI16, kA8}) {
+    for (const Kind kind : {kFloat, kI16, kA8, kBf16}) {
     if (!p.ok || (!o.isa.empty() && o.isa != p.name) || (kind == kI16 && !i16_bits(o.bits)) || (kind == kA8 && !a8_bits(o.bits))) continue;
+    if (kind == kBf16 && (p.kern.small_m_gemm_bf16 == nullptr || !bf16_bits(o.bits))) continue;
     const int64_t iters = std::string(p.name) == "scalar" ? std::max<int64_t>(3, o.iters / 5) : o.iters;
     double ms = 0;
-    if (kind == kA8) {
+    if (kind == kBf16) {
+      if (!p.kern.prepare_rows_bf16(shape, KernelInput{xbf.data(), true}, 0, o.m, xb.data(), xsum.data())) return 1;
+      ms = run_ms(p.kern.small_m_gemm_bf16, args_bf16, o.threads, iters);
+    } else if (kind == kA8) {
       p.kern.prepare_rows_a8(shape, in, 0, o.m, xa8.data(), ascale.data(), asum.data());
       ms = run_ms(p.kern.small_m_gemm_a8, args_a8, o.threads, iters);
     } else if (kind == kI16) {
       p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_n.data(),
                               res_k.data(), res_g.data(), res_lo.data());
+      int64_t n_res = 0;
+      for (int64_t m = 0; m < o.m; ++m) n_res += res_n[m];
+      res.resize(n_res);
+      sort_residuals_i16(shape, o.m, res_n.data(), res_k.data(), res_g.data(), res_lo.data(), res_count.data(),
+                         res.data());
+      for (auto& a : args_i16) {
+        a.res = res.data();
+        a.n_res = n_res;
+      }
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
     } else {
       p.kern.prepare_rows(shape, in, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale
       ms = run_ms(p.kern.small_m_gemm, args, o.threads, iters);
     }
-    const std::string name = std::string(p.name) + (kind == kI16 ? "-i16" : kind == kA8 ? "-a8" : "");
+    const std::string name =
+        std::string(p.name) + (kind == kI16 ? "-i16" : kind == kA8 ? "-a8" : kind == kBf16 ? "-bf16" : "");
     const double gbs = weight_bytes / (ms * 1e-3) / 1e9;
     const double gflops = 2.0 * o.m * o.k * o.n / (ms * 1e-3) / 1e9;
     if (o.json)

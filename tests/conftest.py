@@ -14,8 +14,8 @@ def _supported_isas():
 
 
 SUPPORTED_ISAS = _supported_isas()
-# GPTQ's levels (at avx512bf16 it runs its avx512vnni kernels, so that level adds no GPTQ path to test)
-ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni"]
+# GPTQ's levels (avx512bf16 adds the bf16 kernel that bf16 activations take for 2- and 4-bit weights)
+ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"]
 # The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones)
 SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
 # The token-attention kernel's levels (the AVX-512 extensions run the avx512 one)

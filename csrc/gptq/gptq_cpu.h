@@ -62,6 +62,8 @@ struct DequantArgs {
 //   res_k   int32 [M, K]    kernel-order row index k of a nonzero lo
 //   res_g   int32 [M, K]    its quantization group
 //   res_lo  fp32 [M, K]     that lo
+// sort_residuals_i16 then gathers every row's residuals into one list ordered by k (then row), which the kernel
+// walks once per column tile, before the tile's row blocks (see add_residuals_i16 in gptq_cpu_int16.h).
 constexpr int64_t kI16Block = 128;
 // A block's int32 sum: at most kI16Block products |hi * q| <= (2^15 - 1) * (2^8 - 1) (8-bit weights are the widest),
 // which must not overflow int32.
@@ -80,15 +82,25 @@ constexpr int i16_word_pairs(int bits) { return bits == 3 ? 5 : 16 / bits; }
 constexpr int i16_pair_lo(int bits, int p) { return bits == 3 ? (p < 15 ? 10 * (p / 5) + p % 5 : 30) : p; }
 constexpr int i16_pair_hi(int bits, int p) { return i16_pair_lo(bits, p) + (bits == 3 ? (p < 15 ? 5 : 1) : 16 / bits); }
 
+// One residual of the integer path, as the kernel reads it.
+struct I16Residual {
+  int32_t word;   // (k / unit_values) * unit_words * kTileCols + k % unit_values: the offset of k's packing unit in a
+                  // column tile (a multiple of kTileCols = 32) plus k's index in the unit (< 32)
+  int32_t row;    // m
+  int32_t scale;  // g * 2 * kTileCols: the offset of k's group in the tile's scale_zero
+  float lo;
+};
+static_assert(kTileCols == 32, "I16Residual::word packs the value index into the low 5 bits of the unit offset");
+void sort_residuals_i16(const TiledWeight& w, int64_t M, const int32_t* res_n, const int32_t* res_k,
+                        const int32_t* res_g, const float* res_lo, int32_t* count, I16Residual* out);
+
 struct SmallMI16Args {
   TiledWeight w;
   const int32_t* xq;
   const float* bscale;
   const float* xsum;
-  const int32_t* res_n;
-  const int32_t* res_k;
-  const int32_t* res_g;
-  const float* res_lo;
+  const I16Residual* res;  // n_res residuals ordered by k, then row (sort_residuals_i16)
+  int64_t n_res;
   KernelOutput y;
   int64_t M;
 };
@@ -113,6 +125,22 @@ struct SmallMA8Args {
   int64_t M;
 };
 
+// bf16 path (AVX512-BF16 CPUs, bf16 activations, bf16_bits(bits)): the weights' integers q, exact in bf16, are
+// looked up from a 32-entry table (vpermw) and multiplied with the activations as they are by vdpbf16ps: exact
+// products, fp32 sums (rounded to nearest even, as the float kernel's; denormals flushed, so prepare_rows_bf16
+// refuses rows that could meet one). No activation split, hence no residuals. y = sum over groups of
+// scale * (sum x q - zero * sum x).
+//   xb    int32 [M, K/2]  the bf16 bit patterns of x in the integer path's pair order (xq's, without rounding)
+//   xsum  fp32 [M, G]     plain sum of the activations of each group
+constexpr bool bf16_bits(int64_t bits) { return bits == 2 || bits == 4; }  // q fits the 32-entry table
+struct SmallMBf16Args {
+  TiledWeight w;
+  const int32_t* xb;
+  const float* xsum;
+  KernelOutput y;
+  int64_t M;
+};
+
 // One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
 // (kernel row order) the way that ISA's small_m_gemm reads them.
 struct CpuKernels {
@@ -120,8 +148,7 @@ struct CpuKernels {
                        float* row_scale);
   void (*small_m_gemm)(const SmallMArgs& a, int64_t t0, int64_t t1);
   void (*dequant_tiles)(const DequantArgs& a, int64_t t0, int64_t t1);
-  // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_n, res_k, res_g and
-  // res_lo
+  // Integer path (i16_bits(bits) only). prepare_rows_i16 fills xq, bscale, xsum, res_n, res_k, res_g and res_lo
   // for rows [m0, m1) of x [M, K] (kernel row order); it returns false, and the caller must use the float path,
   // when a row holds a non-finite value.
   bool (*prepare_rows_i16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xq, float* bscale,
@@ -131,11 +158,17 @@ struct CpuKernels {
   bool (*prepare_rows_a8)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xa8, float* ascale,
                           float* asum);
   void (*small_m_gemm_a8)(const SmallMA8Args& a, int64_t t0, int64_t t1);
+  // bf16 path (null below the avx512bf16 level). prepare_rows_bf16 fills xb and xsum for rows [m0, m1) of bf16 x;
+  // it returns false, and the caller must take the integer path, for a row holding a non-finite or subnormal value
+  // or with 0 < max |x| < 2^-100 (there a flushed partial sum could matter).
+  bool (*prepare_rows_bf16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xb, float* xsum);
+  void (*small_m_gemm_bf16)(const SmallMBf16Args& a, int64_t t0, int64_t t1);
 };
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();
 const CpuKernels& cpu_kernels_avx512();
 const CpuKernels& cpu_kernels_avx512vnni();
+const CpuKernels& cpu_kernels_avx512bf16();
 
 }  // namespace gptq
 }  // namespace slimformer

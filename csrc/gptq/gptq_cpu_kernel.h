@@ -76,8 +76,9 @@ inline void small_m_gemm_i16_any(const SmallMI16Args& a, int64_t t0, int64_t t1)
   dispatch_bits<SmallMGemmI16>(a.w.bits, a, t0, t1);
 }
 inline CpuKernels kernels() {
-  return CpuKernels{&prepare_rows_any,     &small_m_gemm_any,     &dequant_tiles_any, &prepare_rows_i16_any,
-                    &small_m_gemm_i16_any, &prepare_rows_a8_any, &small_m_gemm_a8};
+  return CpuKernels{&prepare_rows_any,     &small_m_gemm_any,    &dequant_tiles_any, &prepare_rows_i16_any,
+                    &small_m_gemm_i16_any, &prepare_rows_a8_any, &small_m_gemm_a8,   nullptr,
+                    nullptr};
 }
 
 }  // namespace SF_ISA_NS

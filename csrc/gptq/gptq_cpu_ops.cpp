@@ -19,9 +19,10 @@ namespace slimformer {
 namespace gptq {
 namespace {
 
-// GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp); the avx512bf16 level runs the avx512vnni kernels.
+// GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp); the avx512bf16 level adds the bf16 kernel to the
+// avx512vnni ones.
 constexpr CpuDispatch<CpuKernels> kCpuKernels{
-    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni, nullptr}};
+    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni, &cpu_kernels_avx512bf16}};
 const CpuKernels& kernels_for(CpuIsa isa) { return kCpuKernels.get(isa); }
 
 // Rows from which the dequantize-tile + fp32 GEMM path is used instead of the fused kernels, per ISA. The fused
@@ -70,20 +71,38 @@ void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOu
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm(args, b, e); });
 }
 
-// Which activations take the integer kernel (gptq_cpu.h, SmallMI16Args) on the small-M path, for 2/4/8 bits:
-// SLIMFORMER_CPU_INT_PATH=auto (default: bf16 activations), always (fp32 too: correct but slower, since nearly
-// every fp32 value leaves a residual; the tests use it to check the integer kernel at fp32 output precision) or
-// never (the float kernel for everything). Both kernels compute exact bf16 products; they differ only in how the
+// Which kernel the small-M path runs, from SLIMFORMER_CPU_INT_PATH: auto (default: bf16 activations take the
+// bf16 kernel where the CPU has AVX512-BF16 and the width is bf16_bits, else the integer kernel; fp32 activations
+// the float kernel), always (the integer kernel for every activation dtype: correct but slower for fp32, since
+// nearly every fp32 value leaves a residual; the tests use it to check the integer kernel at fp32 output precision)
+// or never (the float kernel for everything). All three compute exact bf16 products; they differ only in how the
 // sums are rounded.
-bool use_integer_path(at::ScalarType dtype, int64_t bits) {
-  if (!i16_bits(bits)) return false;
+enum class SmallMKernel { kFloat, kInteger, kBf16 };
+SmallMKernel small_m_kernel(at::ScalarType dtype, int64_t bits, const CpuKernels& kern) {
   const char* s = std::getenv("SLIMFORMER_CPU_INT_PATH");
   const std::string v = s == nullptr ? "" : s;
   TORCH_CHECK(v.empty() || v == "auto" || v == "always" || v == "never",
               "SLIMFORMER_CPU_INT_PATH must be 'auto', 'always' or 'never', got '", v, "'");
-  if (v == "always") return true;
-  if (v == "never") return false;
-  return dtype == at::kBFloat16;
+  if (!i16_bits(bits) || v == "never") return SmallMKernel::kFloat;
+  if (v == "always") return SmallMKernel::kInteger;
+  if (dtype != at::kBFloat16) return SmallMKernel::kFloat;
+  return kern.small_m_gemm_bf16 != nullptr && bf16_bits(bits) ? SmallMKernel::kBf16 : SmallMKernel::kInteger;
+}
+
+// The bf16 small-M path; returns false (having written nothing to y) when prepare_rows_bf16 refuses a row.
+bool small_m_bf16_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
+  const int64_t K = w.K, G = w.groups();
+  at::Tensor ws = workspace(M * (K / 2) + M * G);  // xb [M, K/2] (int32), xsum [M, G] (fp32)
+  int32_t* xb = ws.data_ptr<int32_t>();
+  float* xsum = reinterpret_cast<float*>(xb + M * (K / 2));
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
+    if (!kern.prepare_rows_bf16(w, x, b, e, xb, xsum)) ok = false;
+  });
+  if (!ok) return false;
+  const SmallMBf16Args args{w, xb, xsum, y, M};
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_bf16(args, b, e); });
+  return true;
 }
 
 // The integer small-M path; returns false (having written nothing to y) when a row holds inf or NaN.
@@ -105,7 +124,14 @@ bool small_m_i16_path(KernelInput x, int64_t M, const TiledWeight& w, const Kern
     if (!kern.prepare_rows_i16(w, x, b, e, xq, bscale, xsum, res_n, res_k, res_g, res_lo)) ok = false;
   });
   if (!ok) return false;
-  const SmallMI16Args args{w, xq, bscale, xsum, res_n, res_k, res_g, res_lo, y, M};
+  int64_t n_res = 0;
+  for (int64_t m = 0; m < M; ++m) n_res += res_n[m];
+  // I16Residual is 4 words; count is K + 1 ints of scratch.
+  static_assert(sizeof(I16Residual) == 16, "I16Residual packs into 4 words");
+  at::Tensor rws = workspace(n_res > 0 ? 4 * n_res + K + 1 : 0);
+  I16Residual* res = reinterpret_cast<I16Residual*>(rws.data_ptr<int32_t>());
+  if (n_res > 0) sort_residuals_i16(w, M, res_n, res_k, res_g, res_lo, rws.data_ptr<int32_t>() + 4 * n_res, res);
+  const SmallMI16Args args{w, xq, bscale, xsum, res, n_res, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
   return true;
 }
@@ -169,8 +195,11 @@ void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype,
     large_m_path(c.x2.view({c.M, w.K}), w, c.bias_f, y2, kern);
     return;
   }
-  if (!(use_integer_path(x_dtype, w.bits) && small_m_i16_path(c.in, c.M, w, c.out, kern)))
-    small_m_path(c.in, c.M, w, c.out, kern);
+  // Each path falls through to the next when it refuses the input (bf16: extreme rows; integer: non-finite values).
+  const SmallMKernel which = small_m_kernel(x_dtype, w.bits, kern);
+  if (which == SmallMKernel::kBf16 && small_m_bf16_path(c.in, c.M, w, c.out, kern)) return;
+  if (which != SmallMKernel::kFloat && small_m_i16_path(c.in, c.M, w, c.out, kern)) return;
+  small_m_path(c.in, c.M, w, c.out, kern);
 }
 
 at::Tensor gptq_gemm_cpu(const at::Tensor& x, const at::Tensor& qtiles, const at::Tensor& scale_zero,
