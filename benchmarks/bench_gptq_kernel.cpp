@@ -103,9 +103,8 @@ int main(int argc, char** argv) {
     std::memcpy(&v, &b, 4);
   }
   const int64_t nb = blocks_i16(shape);
-  std::vector<int32_t> xq(o.m * o.k / 2), res_n(o.m), res_k(o.m * o.k), res_g(o.m * o.k), res_count(o.k + 1);
+  std::vector<int32_t> xq(o.m * o.k / 2), res_n(o.m), res_k(o.m * o.k), res_g(o.m * o.k);
   std::vector<float> bscale(o.m * nb), res_lo(o.m * o.k);
-  std::vector<I16Residual> res;
   std::vector<SmallMI16Args> args_i16(o.layers);
   std::vector<int32_t> xa8(o.m * o.k / 4);
   std::vector<float> ascale(o.m * nb), asum(o.m * nb);
@@ -129,7 +128,8 @@ int main(int argc, char** argv) {
     w.scale_zero = sz[l].data();
     const KernelOutput out{y.data(), false, nullptr, o.n};
     args[l] = SmallMArgs{w, xs.data(), xsum.data(), row_scale.data(), out, o.m};
-    args_i16[l] = SmallMI16Args{w, xq.data(), bscale.data(), xsum.data(), nullptr, 0, out, o.m};  // res: below
+    args_i16[l] = SmallMI16Args{w,           xq.data(),    bscale.data(), xsum.data(), res_n.data(),
+                                res_k.data(), res_g.data(), res_lo.data(), out,         o.m};
     args_a8[l] = SmallMA8Args{w, xa8.data(), ascale.data(), asum.data(), out, o.m};
     args_bf16[l] = SmallMBf16Args{w, xb.data(), xsum.data(), out, o.m};
   }
@@ -174,15 +174,6 @@ int main(int argc, char** argv) {
     } else if (kind == kI16) {
       p.kern.prepare_rows_i16(shape, in, 0, o.m, xq.data(), bscale.data(), xsum.data(), res_n.data(),
                               res_k.data(), res_g.data(), res_lo.data());
-      int64_t n_res = 0;
-      for (int64_t m = 0; m < o.m; ++m) n_res += res_n[m];
-      res.resize(n_res);
-      sort_residuals_i16(shape, o.m, res_n.data(), res_k.data(), res_g.data(), res_lo.data(), res_count.data(),
-                         res.data());
-      for (auto& a : args_i16) {
-        a.res = res.data();
-        a.n_res = n_res;
-      }
       ms = run_ms(p.kern.small_m_gemm_i16, args_i16, o.threads, iters);
     } else {
       p.kern.prepare_rows(shape, in, 0, o.m, xs.data(), xsum.data(), row_scale.data());  // this path's prescale

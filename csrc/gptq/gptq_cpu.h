@@ -62,8 +62,6 @@ struct DequantArgs {
 //   res_k   int32 [M, K]    kernel-order row index k of a nonzero lo
 //   res_g   int32 [M, K]    its quantization group
 //   res_lo  fp32 [M, K]     that lo
-// sort_residuals_i16 then gathers every row's residuals into one list ordered by k (then row), which the kernel
-// walks once per column tile, before the tile's row blocks (see add_residuals_i16 in gptq_cpu_int16.h).
 constexpr int64_t kI16Block = 128;
 // A block's int32 sum: at most kI16Block products |hi * q| <= (2^15 - 1) * (2^8 - 1) (8-bit weights are the widest),
 // which must not overflow int32.
@@ -82,25 +80,15 @@ constexpr int i16_word_pairs(int bits) { return bits == 3 ? 5 : 16 / bits; }
 constexpr int i16_pair_lo(int bits, int p) { return bits == 3 ? (p < 15 ? 10 * (p / 5) + p % 5 : 30) : p; }
 constexpr int i16_pair_hi(int bits, int p) { return i16_pair_lo(bits, p) + (bits == 3 ? (p < 15 ? 5 : 1) : 16 / bits); }
 
-// One residual of the integer path, as the kernel reads it.
-struct I16Residual {
-  int32_t word;   // (k / unit_values) * unit_words * kTileCols + k % unit_values: the offset of k's packing unit in a
-                  // column tile (a multiple of kTileCols = 32) plus k's index in the unit (< 32)
-  int32_t row;    // m
-  int32_t scale;  // g * 2 * kTileCols: the offset of k's group in the tile's scale_zero
-  float lo;
-};
-static_assert(kTileCols == 32, "I16Residual::word packs the value index into the low 5 bits of the unit offset");
-void sort_residuals_i16(const TiledWeight& w, int64_t M, const int32_t* res_n, const int32_t* res_k,
-                        const int32_t* res_g, const float* res_lo, int32_t* count, I16Residual* out);
-
 struct SmallMI16Args {
   TiledWeight w;
   const int32_t* xq;
   const float* bscale;
   const float* xsum;
-  const I16Residual* res;  // n_res residuals ordered by k, then row (sort_residuals_i16)
-  int64_t n_res;
+  const int32_t* res_n;
+  const int32_t* res_k;
+  const int32_t* res_g;
+  const float* res_lo;
   KernelOutput y;
   int64_t M;
 };

@@ -14,8 +14,6 @@
 // pair of every 3 words: 64 instructions per 32 values and 8 columns against int4's 56 (measured on Zen 3, 1
 // thread, weights in L2: 25.7 vs 23.1 us per 1M weights), while streaming 25% fewer bytes.
 #pragma once
-#include <vector>
-
 #include "gptq_cpu_common.h"
 
 namespace slimformer {
@@ -221,38 +219,48 @@ inline void fold_block_i16(const SmallMI16Args& a, const uint16_t* sz, int64_t m
   }
 }
 
-// The residuals of every row for column tile t, into rsum [M, kTileCols] (fp32): the few activations the int16 grid
-// could not hold exactly (~0.8% of gaussian bf16 values), each times its weights (converted, not read as denormals,
-// so this needs no MXCSR change) and its group's scale. They are summed apart from the block sums (added into out
-// directly they rounded at out's magnitude: ~1.6x the error relative to sum |x w| on rows with many residuals),
-// and in one pass ordered by k, so the tile is read front to back. Per row block after the tile's blocks they took
-// ~7.5% of the kernel's time at M=128 (Zen 4, int4 g128, gaussian bf16 rows: the tile's lines come back from L3 in
-// random order by then, and each row's variable count mispredicts its loop exit), and per block more.
-template <int BITS>
-void residuals_tile_i16(const SmallMI16Args& a, int64_t t, float* rsum) {
+// Adds the residuals of rows [m0, m0 + MR) to column tile t's out: the few activations the int16 grid could not
+// hold exactly (~0.8% of gaussian bf16 values), each times its weights (converted, not read as denormals, so this
+// needs no MXCSR change) and its group's scale, in fp32. One pass per row and tile: folded per block instead, the
+// varying number of residuals per block and row cost a mispredicted loop exit each time (Zen 4, one 4096^2 int4
+// g128 layer, M=128 gaussian bf16 rows, 1 thread: 22.2-22.5 ms here, 22.7-23.0 per block). Also tried: one pass per
+// tile, before its row blocks, over every row's residuals sorted by k into an [M, 32] fp32 buffer that seeds out
+// (so the tile is read front to back): no faster (23.0-23.3 ms in the same conditions). Without any residual work
+// the kernel took ~7.5% less: what the bf16 kernel (gptq_cpu_bf16.h) saves on AVX512-BF16 CPUs.
+template <int BITS, int MR>
+inline void add_residuals_i16(const SmallMI16Args& a, const int32_t* qt, const uint16_t* sz, int64_t m0,
+                              typename V::F (&out)[MR][kTileCols / V::L]) {
   using F = typename V::F;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
-  const TiledWeight& w = a.w;
-  const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
-  const uint16_t* sz = w.scale_zero + t * w.groups() * 2 * kTileCols;
-  for (int64_t i = 0; i < a.M * kTileCols; i += L) V::store(rsum + i, V::zero());
-  for (int64_t i = 0; i < a.n_res; ++i) {
-    const I16Residual& e = a.res[i];
-    const int32_t* kp = qt + (e.word & ~(kTileCols - 1));
-    const int r = e.word & (kTileCols - 1);
-    const F lo = V::bcast(&e.lo);
-    float* dst = rsum + static_cast<int64_t>(e.row) * kTileCols;
-    for (int v = 0; v < NV; ++v)
-      V::store(dst + v * L, V::fma(V::mul(lo, V::cvt(value_at<BITS>(kp + v * L, r))),
-                                   V::load_half(sz + e.scale + v * L), V::load(dst + v * L)));
+  constexpr int UV = unit_values(BITS), UW = unit_words(BITS);
+  const int64_t K = a.w.K;
+  for (int mm = 0; mm < MR; ++mm) {
+    const int32_t n = a.res_n[m0 + mm];
+    const int32_t* rk = a.res_k + (m0 + mm) * K;
+    const int32_t* rg = a.res_g + (m0 + mm) * K;
+    const float* rl = a.res_lo + (m0 + mm) * K;
+    // Summed apart and added once: the residual terms are small, and each added straight into out rounded at
+    // out's magnitude (measured ~1.6x the error relative to sum |x w| on rows with many residuals).
+    F rsum[NV];
+    for (int v = 0; v < NV; ++v) rsum[v] = V::zero();
+    for (int32_t i = 0; i < n; ++i) {
+      // Unsigned: k / UV and k % UV are then a shift and a mask (signed, GCC emitted the round-toward-zero fix-up).
+      const uint32_t k = static_cast<uint32_t>(rk[i]);
+      const F lo = V::bcast(rl + i);
+      const int32_t* kp = qt + (k / UV) * UW * kTileCols;
+      const uint16_t* szg = sz + static_cast<int64_t>(rg[i]) * 2 * kTileCols;
+      const int r = static_cast<int>(k % UV);
+      for (int v = 0; v < NV; ++v)
+        rsum[v] = V::fma(V::mul(lo, V::cvt(value_at<BITS>(kp + v * L, r))), V::load_half(szg + v * L), rsum[v]);
+    }
+    if (n > 0)
+      for (int v = 0; v < NV; ++v) out[mm][v] = V::add(out[mm][v], rsum[v]);
   }
 }
 
-// Rows [m0, m0 + MR) of column tile t; rsum: the tile's residual sums (residuals_tile_i16), or null when there are
-// none.
 template <int BITS, int MR>
-void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0, const float* rsum) {
+void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   using F = typename V::F;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
@@ -263,7 +271,7 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0, const float
 
   F out[MR][NV];
   for (int mm = 0; mm < MR; ++mm)
-    for (int v = 0; v < NV; ++v) out[mm][v] = rsum == nullptr ? V::zero() : V::load(rsum + (m0 + mm) * kTileCols + v * L);
+    for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
 
   BlockCursor cur(w);
   if constexpr (unit_words(BITS) > 1) {
@@ -289,6 +297,7 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0, const float
       fold_block_i16<MR>(a, sz, m0, cur, bsum, out);
     }
   }
+  add_residuals_i16<BITS, MR>(a, qt, sz, m0, out);
   store_tile<MR>(out, a.y, t, w.N, m0);
 }
 
@@ -304,12 +313,8 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0, const float
 // 13.9-14.2.
 template <int BITS>
 void small_m_gemm_i16_bits(const SmallMI16Args& a, int64_t t0, int64_t t1) {
-  std::vector<float> rsum(a.n_res > 0 ? a.M * kTileCols : 0);
-  for (int64_t t = t0; t < t1; ++t) {
-    if (a.n_res > 0) residuals_tile_i16<BITS>(a, t, rsum.data());
-    const float* rs = a.n_res > 0 ? rsum.data() : nullptr;
-    for_row_blocks(a.M, [&](auto mr, int64_t m0) { small_m_tile_i16<BITS, decltype(mr)::value>(a, t, m0, rs); });
-  }
+  for (int64_t t = t0; t < t1; ++t)
+    for_row_blocks(a.M, [&](auto mr, int64_t m0) { small_m_tile_i16<BITS, decltype(mr)::value>(a, t, m0); });
 }
 
 }  // namespace SF_ISA_NS

@@ -124,14 +124,7 @@ bool small_m_i16_path(KernelInput x, int64_t M, const TiledWeight& w, const Kern
     if (!kern.prepare_rows_i16(w, x, b, e, xq, bscale, xsum, res_n, res_k, res_g, res_lo)) ok = false;
   });
   if (!ok) return false;
-  int64_t n_res = 0;
-  for (int64_t m = 0; m < M; ++m) n_res += res_n[m];
-  // I16Residual is 4 words; count is K + 1 ints of scratch.
-  static_assert(sizeof(I16Residual) == 16, "I16Residual packs into 4 words");
-  at::Tensor rws = workspace(n_res > 0 ? 4 * n_res + K + 1 : 0);
-  I16Residual* res = reinterpret_cast<I16Residual*>(rws.data_ptr<int32_t>());
-  if (n_res > 0) sort_residuals_i16(w, M, res_n, res_k, res_g, res_lo, rws.data_ptr<int32_t>() + 4 * n_res, res);
-  const SmallMI16Args args{w, xq, bscale, xsum, res, n_res, y, M};
+  const SmallMI16Args args{w, xq, bscale, xsum, res_n, res_k, res_g, res_lo, y, M};
   at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.small_m_gemm_i16(args, b, e); });
   return true;
 }
