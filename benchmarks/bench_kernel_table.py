@@ -17,7 +17,7 @@ import slimformer
 from slimformer import ops
 
 ROOT = Path(__file__).resolve().parent.parent
-SIMD = ("avx2", "avx512", "avx512vnni")
+SIMD = ("avx2", "avx512", "avx512vnni", "avx512bf16")
 CONFIGS = [  # (label, arguments, ISA paths: None = every path the CPU has, scalar included)
     ("M=1, 2 threads, 16 layers (weights stream from DRAM)", ["--m", "1", "--threads", "2", "--layers", "16"], None),
     ("M=1, 1 thread, 1 layer (cache-resident)", ["--m", "1", "--threads", "1", "--layers", "1"], SIMD),

@@ -72,13 +72,18 @@ void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOu
 }
 
 // Which kernel the small-M path runs, from SLIMFORMER_CPU_INT_PATH: auto (default: bf16 activations take the
-// bf16 kernel where the CPU has AVX512-BF16 and the width is bf16_bits, else the integer kernel; fp32 activations
+// bf16 kernel where the CPU has AVX512-BF16, the width is bf16_bits and M >= kBf16MinRows, else the integer
+// kernel; fp32 activations
 // the float kernel), always (the integer kernel for every activation dtype: correct but slower for fp32, since
 // nearly every fp32 value leaves a residual; the tests use it to check the integer kernel at fp32 output precision)
 // or never (the float kernel for everything). All three compute exact bf16 products; they differ only in how the
 // sums are rounded.
 enum class SmallMKernel { kFloat, kInteger, kBf16 };
-SmallMKernel small_m_kernel(at::ScalarType dtype, int64_t bits, const CpuKernels& kern) {
+// Rows from which bf16 activations take the bf16 kernel: below, its lookups are shared by too few rows and the
+// integer kernel is faster (Zen 4, 4096^2 int4 g128, 1 thread, weights in cache, integer / bf16 us: M=1 362/394,
+// 2 391/456, 3 540/548, 4 689/639, 16 2753/2583; from DRAM at M=1 both stream at the memory's speed).
+constexpr int64_t kBf16MinRows = 4;
+SmallMKernel small_m_kernel(at::ScalarType dtype, int64_t bits, int64_t M, const CpuKernels& kern) {
   const char* s = std::getenv("SLIMFORMER_CPU_INT_PATH");
   const std::string v = s == nullptr ? "" : s;
   TORCH_CHECK(v.empty() || v == "auto" || v == "always" || v == "never",
@@ -86,7 +91,8 @@ SmallMKernel small_m_kernel(at::ScalarType dtype, int64_t bits, const CpuKernels
   if (!i16_bits(bits) || v == "never") return SmallMKernel::kFloat;
   if (v == "always") return SmallMKernel::kInteger;
   if (dtype != at::kBFloat16) return SmallMKernel::kFloat;
-  return kern.small_m_gemm_bf16 != nullptr && bf16_bits(bits) ? SmallMKernel::kBf16 : SmallMKernel::kInteger;
+  return kern.small_m_gemm_bf16 != nullptr && bf16_bits(bits) && M >= kBf16MinRows ? SmallMKernel::kBf16
+                                                                                   : SmallMKernel::kInteger;
 }
 
 // The bf16 small-M path; returns false (having written nothing to y) when prepare_rows_bf16 refuses a row.
@@ -189,7 +195,7 @@ void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype,
     return;
   }
   // Each path falls through to the next when it refuses the input (bf16: extreme rows; integer: non-finite values).
-  const SmallMKernel which = small_m_kernel(x_dtype, w.bits, kern);
+  const SmallMKernel which = small_m_kernel(x_dtype, w.bits, c.M, kern);
   if (which == SmallMKernel::kBf16 && small_m_bf16_path(c.in, c.M, w, c.out, kern)) return;
   if (which != SmallMKernel::kFloat && small_m_i16_path(c.in, c.M, w, c.out, kern)) return;
   small_m_path(c.in, c.M, w, c.out, kern);
