@@ -177,9 +177,11 @@ __attribute__((always_inline)) inline void dot_block_i16(const SmallMI16Args& a,
   }
 }
 
-// int3 (3-word units): blocks [blk0, blk1) out of line, their sums stored to bsum[mm][blk - blk0][c]. Inlined into
+// int3 (3-word units): blocks [blk0, blk1) (at most kI16BlocksPerCall) out of line, their sums stored to
+// bsum[mm][blk - blk0][c]. Inlined into
 // the tile loop, GCC kept the tile's fp32 outputs in registers and spilled the accumulators instead, and a call per
 // block (4 units) spent ~10% on entry. cur: block blk0's position (a copy is advanced here).
+constexpr int64_t kI16BlocksPerCall = 8;
 template <int BITS, int MR>
 __attribute__((noinline)) void dot_blocks_i16_outlined(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
                                                        int64_t blk0, int64_t blk1, BlockCursor cur, float* bsum) {
@@ -190,25 +192,26 @@ __attribute__((noinline)) void dot_blocks_i16_outlined(const SmallMI16Args& a, c
     typename V::F res[MR][NV];
     dot_block_i16<BITS, MR>(a, qt, m0, blk, r.k0, r.k1, res);
     for (int mm = 0; mm < MR; ++mm)
-      for (int v = 0; v < NV; ++v) V::store(bsum + (mm * (blk1 - blk0) + (blk - blk0)) * kTileCols + v * L, res[mm][v]);
+      for (int v = 0; v < NV; ++v) V::store(bsum + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols + v * L, res[mm][v]);
   }
 }
 
 // Folds integer-path block blk of column tile t into out for rows [m0, m0 + MR): the block's grid-scaled exact
-// sums times the group's scale; after the group's last block, minus scale * zero * the group's activation sum.
-template <int MR>
+// sums (row_sums(mm, b) fills b[NV] for row mm) times the group's scale; after the group's last block, minus
+// scale * zero * the group's activation sum.
+template <int MR, class RowSums>
 inline void fold_block_i16(const SmallMI16Args& a, const uint16_t* sz, int64_t m0, const BlockCursor& cur,
-                           const typename V::F (&bsum)[MR][kTileCols / V::L],
-                           typename V::F (&out)[MR][kTileCols / V::L]) {
+                           RowSums&& row_sums, typename V::F (&out)[MR][kTileCols / V::L]) {
   using F = typename V::F;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
   const int64_t G = a.w.groups();
   const int64_t g = cur.g;
   const uint16_t* szg = sz + g * 2 * kTileCols;
-  for (int v = 0; v < NV; ++v) {
-    const F scale = V::load_half(szg + v * L);
-    for (int mm = 0; mm < MR; ++mm) out[mm][v] = V::fma(scale, bsum[mm][v], out[mm][v]);
+  for (int mm = 0; mm < MR; ++mm) {
+    F b[NV];
+    row_sums(mm, b);
+    for (int v = 0; v < NV; ++v) out[mm][v] = V::fma(V::load_half(szg + v * L), b[v], out[mm][v]);
   }
   if (cur.last_of_group()) {  // the group's last block: its zero-point term
     for (int v = 0; v < NV; ++v) {
@@ -219,44 +222,47 @@ inline void fold_block_i16(const SmallMI16Args& a, const uint16_t* sz, int64_t m
   }
 }
 
-// Adds the residuals of rows [m0, m0 + MR) to column tile t's out: the few activations the int16 grid could not
-// hold exactly (~0.8% of gaussian bf16 values), each times its weights (converted, not read as denormals, so this
-// needs no MXCSR change) and its group's scale, in fp32. One pass per row and tile: folded per block instead, the
+// Adds row m's residuals with k < kend, from next on (a row's residuals are in k order; next is advanced), into
+// acc: the few activations the int16 grid could not hold exactly (~0.8% of gaussian bf16 values),
+// each times its weights (converted, not read as denormals, so this needs no MXCSR change), in fp32; SCALED: also
+// times its group's scale (acc then sums whole terms), else acc is one block's sums, scaled with them.
+// Where: 2/4/8 bits take one SCALED pass per row and tile after the blocks, into sums kept apart from out (added
+// straight into out each term rounded at out's magnitude: ~1.6x the error relative to sum |x w|). Per block, the
 // varying number of residuals per block and row cost a mispredicted loop exit each time (Zen 4, one 4096^2 int4
-// g128 layer, M=128 gaussian bf16 rows, 1 thread: 22.2-22.5 ms here, 22.7-23.0 per block). Also tried: one pass per
-// tile, before its row blocks, over every row's residuals sorted by k into an [M, 32] fp32 buffer that seeds out
-// (so the tile is read front to back): no faster (23.0-23.3 ms in the same conditions). Without any residual work
-// the kernel took ~7.5% less: what the bf16 kernel (gptq_cpu_bf16.h) saves on AVX512-BF16 CPUs.
-template <int BITS, int MR>
-inline void add_residuals_i16(const SmallMI16Args& a, const int32_t* qt, const uint16_t* sz, int64_t m0,
-                              typename V::F (&out)[MR][kTileCols / V::L]) {
+// g128 layer, M=128 gaussian bf16 rows, 1 thread: 22.2-22.5 ms per tile, 22.7-23.0 per block; avx2 path, 4096 x
+// 1024, 1 thread: 9.4-9.6 against 10.3-10.5 ms). int3 keeps the per-block form: there the per-tile pass measured
+// 4-6% slower (avx2, M=1 and M=128), its three-word units being dearer to re-read and decode. Also tried: one pass
+// per tile, before its row blocks, over every row's residuals sorted by k into an [M, 32] fp32 buffer that seeds
+// out: no faster (23.0-23.3 ms). Without any residual work the kernel took ~7.5% less: what the bf16 kernel
+// (gptq_cpu_bf16.h) saves on AVX512-BF16 CPUs.
+template <int BITS, bool SCALED>
+inline void row_residuals_i16(const SmallMI16Args& a, const int32_t* qt, const uint16_t* sz, int64_t m,
+                              int32_t& next, int64_t kend, typename V::F (&acc)[kTileCols / V::L]) {
   using F = typename V::F;
   constexpr int L = V::L;
   constexpr int NV = kTileCols / L;
   constexpr int UV = unit_values(BITS), UW = unit_words(BITS);
   const int64_t K = a.w.K;
-  for (int mm = 0; mm < MR; ++mm) {
-    const int32_t n = a.res_n[m0 + mm];
-    const int32_t* rk = a.res_k + (m0 + mm) * K;
-    const int32_t* rg = a.res_g + (m0 + mm) * K;
-    const float* rl = a.res_lo + (m0 + mm) * K;
-    // Summed apart and added once: the residual terms are small, and each added straight into out rounded at
-    // out's magnitude (measured ~1.6x the error relative to sum |x w| on rows with many residuals).
-    F rsum[NV];
-    for (int v = 0; v < NV; ++v) rsum[v] = V::zero();
-    for (int32_t i = 0; i < n; ++i) {
-      // Unsigned: k / UV and k % UV are then a shift and a mask (signed, GCC emitted the round-toward-zero fix-up).
-      const uint32_t k = static_cast<uint32_t>(rk[i]);
-      const F lo = V::bcast(rl + i);
-      const int32_t* kp = qt + (k / UV) * UW * kTileCols;
+  const int32_t n = a.res_n[m];
+  const int32_t* rk = a.res_k + m * K;
+  const int32_t* rg = a.res_g + m * K;
+  const float* rl = a.res_lo + m * K;
+  int32_t i = next;
+  for (; i < n && rk[i] < kend; ++i) {
+    // Unsigned: k / UV and k % UV are then a shift and a mask (signed, GCC emitted the round-toward-zero fix-up).
+    const uint32_t k = static_cast<uint32_t>(rk[i]);
+    const F lo = V::bcast(rl + i);
+    const int32_t* kp = qt + (k / UV) * UW * kTileCols;
+    const int r = static_cast<int>(k % UV);
+    if constexpr (SCALED) {
       const uint16_t* szg = sz + static_cast<int64_t>(rg[i]) * 2 * kTileCols;
-      const int r = static_cast<int>(k % UV);
       for (int v = 0; v < NV; ++v)
-        rsum[v] = V::fma(V::mul(lo, V::cvt(value_at<BITS>(kp + v * L, r))), V::load_half(szg + v * L), rsum[v]);
+        acc[v] = V::fma(V::mul(lo, V::cvt(value_at<BITS>(kp + v * L, r))), V::load_half(szg + v * L), acc[v]);
+    } else {
+      for (int v = 0; v < NV; ++v) acc[v] = V::fma(lo, V::cvt(value_at<BITS>(kp + v * L, r)), acc[v]);
     }
-    if (n > 0)
-      for (int v = 0; v < NV; ++v) out[mm][v] = V::add(out[mm][v], rsum[v]);
   }
+  next = i;
 }
 
 template <int BITS, int MR>
@@ -272,19 +278,22 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
   F out[MR][NV];
   for (int mm = 0; mm < MR; ++mm)
     for (int v = 0; v < NV; ++v) out[mm][v] = V::zero();
+  int32_t next[MR];  // each row's first residual not yet added (row_residuals_i16)
+  for (int mm = 0; mm < MR; ++mm) next[mm] = 0;
 
   BlockCursor cur(w);
   if constexpr (unit_words(BITS) > 1) {
-    constexpr int64_t BPC = 8;  // blocks per out-of-line call
-    alignas(64) float bsums[MR * BPC * kTileCols];
-    for (int64_t blk0 = 0; blk0 < NB; blk0 += BPC) {
-      const int64_t blk1 = blk0 + BPC < NB ? blk0 + BPC : NB;
+    alignas(64) float bsums[MR * kI16BlocksPerCall * kTileCols];
+    for (int64_t blk0 = 0; blk0 < NB; blk0 += kI16BlocksPerCall) {
+      const int64_t blk1 = blk0 + kI16BlocksPerCall < NB ? blk0 + kI16BlocksPerCall : NB;
       dot_blocks_i16_outlined<BITS, MR>(a, qt, m0, blk0, blk1, cur, bsums);
       for (int64_t blk = blk0; blk < blk1; ++blk, cur.next()) {
-        F bsum[MR][NV];
-        for (int mm = 0; mm < MR; ++mm)
-          for (int v = 0; v < NV; ++v) bsum[mm][v] = V::load(bsums + (mm * (blk1 - blk0) + (blk - blk0)) * kTileCols + v * L);
-        fold_block_i16<MR>(a, sz, m0, cur, bsum, out);
+        const int64_t kend = cur.range().k1;
+        fold_block_i16<MR>(a, sz, m0, cur, [&](int mm, F (&b)[NV]) {
+          const float* src = bsums + (mm * kI16BlocksPerCall + (blk - blk0)) * kTileCols;
+          for (int v = 0; v < NV; ++v) b[v] = V::load(src + v * L);
+          row_residuals_i16<BITS, false>(a, qt, sz, m0 + mm, next[mm], kend, b);  // int3: per block
+        }, out);
       }
     }
   } else {
@@ -294,10 +303,18 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
       const BlockRange r = cur.range();
       F bsum[MR][NV];
       dot_block_i16<BITS, MR>(a, qt, m0, blk, r.k0, r.k1, bsum);
-      fold_block_i16<MR>(a, sz, m0, cur, bsum, out);
+      fold_block_i16<MR>(a, sz, m0, cur, [&](int mm, F (&b)[NV]) {
+        for (int v = 0; v < NV; ++v) b[v] = bsum[mm][v];
+      }, out);
     }
   }
-  add_residuals_i16<BITS, MR>(a, qt, sz, m0, out);
+  if constexpr (unit_words(BITS) == 1)
+    for (int mm = 0; mm < MR; ++mm) {  // 2/4/8 bits: one pass per row, summed apart from out
+      F rsum[NV];
+      for (int v = 0; v < NV; ++v) rsum[v] = V::zero();
+      row_residuals_i16<BITS, true>(a, qt, sz, m0 + mm, next[mm], w.K, rsum);
+      for (int v = 0; v < NV; ++v) out[mm][v] = V::add(out[mm][v], rsum[v]);
+    }
   store_tile<MR>(out, a.y, t, w.N, m0);
 }
 
