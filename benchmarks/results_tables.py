@@ -271,7 +271,8 @@ SECTIONS = {
                                  ("avx512", "gptq_cpu_goals_zen4_avx512.json"),
                                  ("avx512vnni", "gptq_cpu_goals_zen4_avx512vnni.json"),
                                  ("avx512bf16 (default)", "gptq_cpu_goals_zen4_avx512bf16.json"),
-                                 ("avx512bf16, run 2", "gptq_cpu_goals_zen4_avx512bf16_run2.json")]),
+                                 ("avx512bf16, run 2", "gptq_cpu_goals_zen4_avx512bf16_run2.json"),
+                                 ("avx512bf16, run 3", "gptq_cpu_goals_zen4_avx512bf16_run3.json")]),
     "goals-zen3": lambda: goals([("avx2, run A", "gptq_cpu.json"), ("avx2, run B", "gptq_cpu_goals.json")]),
     "large_m": lambda: large_m("gptq_cpu_large_m_zen4_bf16.json"),
     "layer": lambda: "\n\n".join(layer_table("gptq_cpu.json", K, N) for K, N in
