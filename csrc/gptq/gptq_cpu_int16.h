@@ -178,9 +178,9 @@ __attribute__((always_inline)) inline void dot_block_i16(const SmallMI16Args& a,
 }
 
 // int3 (3-word units): blocks [blk0, blk1) (at most kI16BlocksPerCall) out of line, their sums stored to
-// bsum[mm][blk - blk0][c]. Inlined into
-// the tile loop, GCC kept the tile's fp32 outputs in registers and spilled the accumulators instead, and a call per
-// block (4 units) spent ~10% on entry. cur: block blk0's position (a copy is advanced here).
+// bsum[mm][blk - blk0][c]. Inlined into the tile loop, GCC kept the tile's fp32 outputs in registers and spilled the
+// accumulators instead, and a call per block (4 units) spent ~10% on entry. cur: block blk0's position (a copy is
+// advanced here).
 constexpr int64_t kI16BlocksPerCall = 8;
 template <int BITS, int MR>
 __attribute__((noinline)) void dot_blocks_i16_outlined(const SmallMI16Args& a, const int32_t* qt, int64_t m0,
@@ -307,14 +307,13 @@ void small_m_tile_i16(const SmallMI16Args& a, int64_t t, int64_t m0) {
         for (int v = 0; v < NV; ++v) b[v] = bsum[mm][v];
       }, out);
     }
-  }
-  if constexpr (unit_words(BITS) == 1)
-    for (int mm = 0; mm < MR; ++mm) {  // 2/4/8 bits: one pass per row, summed apart from out
+    for (int mm = 0; mm < MR; ++mm) {  // the residuals: one pass per row, summed apart from out
       F rsum[NV];
       for (int v = 0; v < NV; ++v) rsum[v] = V::zero();
       row_residuals_i16<BITS, true>(a, qt, sz, m0 + mm, next[mm], w.K, rsum);
       for (int v = 0; v < NV; ++v) out[mm][v] = V::add(out[mm][v], rsum[v]);
     }
+  }
   store_tile<MR>(out, a.y, t, w.N, m0);
 }
 

@@ -73,11 +73,10 @@ void small_m_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOu
 
 // Which kernel the small-M path runs, from SLIMFORMER_CPU_INT_PATH: auto (default: bf16 activations take the
 // bf16 kernel where the CPU has AVX512-BF16, the width is bf16_bits and M >= kBf16MinRows, else the integer
-// kernel; fp32 activations
-// the float kernel), always (the integer kernel for every activation dtype: correct but slower for fp32, since
-// nearly every fp32 value leaves a residual; the tests use it to check the integer kernel at fp32 output precision)
-// or never (the float kernel for everything). All three compute exact bf16 products; they differ only in how the
-// sums are rounded.
+// kernel; fp32 activations the float kernel), always (the integer kernel for every activation dtype: correct but
+// slower for fp32, since nearly every fp32 value leaves a residual; the tests use it to check the integer kernel at
+// fp32 output precision) or never (the float kernel for everything). All three compute exact bf16 products; they
+// differ only in how the sums are rounded.
 enum class SmallMKernel { kFloat, kInteger, kBf16 };
 // Rows from which bf16 activations take the bf16 kernel: below, its lookups are shared by too few rows and the
 // integer kernel is faster (Zen 4, 4096^2 int4 g128, 1 thread, weights in cache, integer / bf16 us: M=1 362/394,
