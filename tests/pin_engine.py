@@ -39,7 +39,9 @@ def fingerprint() -> str:
     torch_kernels = digest(torch.cat([h.flatten(), torch.cholesky_inverse(l).float().flatten(),
                                       torch.nn.functional.linear(a, a[:64]).flatten()]))
     isa = slimformer.ops.cpu_isa()
-    isa = "avx512vnni" if isa == "avx512bf16" else isa  # GPTQ runs its avx512vnni kernels at that level
+    # fp32 activations (these pins) run the same GPTQ kernels at avx512bf16 as at avx512vnni: the bf16 kernel of that
+    # level only takes bf16 activations
+    isa = "avx512vnni" if isa == "avx512bf16" else isa
     return f"{torch_kernels}-{isa}"  # the logits also depend on our kernels' ISA path
 
 
