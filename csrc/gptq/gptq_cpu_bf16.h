@@ -35,9 +35,7 @@ bool prepare_rows_bf16(const TiledWeight& w, const uint16_t* x, int64_t m0, int6
     if (amax >= 0x7F80u || subnormal != 0 || (amax != 0 && amax < 0x0D80u)) return false;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t k1 = (g + 1) * gs < K ? (g + 1) * gs : K;
-      double s = 0.0;
-      for (int64_t k = g * gs; k < k1; ++k) s += load_x(xr, k);
-      xsum[m * G + g] = static_cast<float>(s);
+      xsum[m * G + g] = static_cast<float>(sum_double(xr + g * gs, k1 - g * gs));
     }
     int32_t* xbr = xb + m * (K / 2);
     for (int64_t k = 0; k < K; k += UV)

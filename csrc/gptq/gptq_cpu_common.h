@@ -179,16 +179,9 @@ inline void store_tile(typename V::F (&out)[MR][kTileCols / V::L], const KernelO
 struct BlockRange {
   int64_t g, k0, k1;
 };
-inline BlockRange block_range(const TiledWeight& w, int64_t blk) {
-  const int64_t K = w.K, gs = w.group_size < K ? w.group_size : K, bpg = i16_blocks_per_group(w);
-  const int64_t g = blk / bpg;
-  const int64_t gend = (g + 1) * gs < K ? (g + 1) * gs : K;
-  const int64_t k0 = g * gs + (blk % bpg) * kI16Block;
-  return {g, k0, k0 + kI16Block < gend ? k0 + kI16Block : gend};
-}
 
-// The same blocks walked in order without dividing: block_range's two 64-bit divisions sit on the path from one
-// block's loop to the next (the integer kernel measured ~3% faster at M=128 without them; Zen 4, int4 g128).
+// The blocks walked in order without dividing: block_range's two 64-bit divisions sit on the path from one block's
+// loop to the next (the integer kernel measured ~3% faster at M=128 without them; Zen 4, int4 g128).
 struct BlockCursor {
   int64_t K, gs, bpg;
   int64_t g = 0, b = 0;  // the current block's group and its index inside the group
@@ -207,6 +200,14 @@ struct BlockCursor {
     }
   }
 };
+
+// Block blk found directly (two divisions), for callers that do not walk the blocks in order.
+inline BlockRange block_range(const TiledWeight& w, int64_t blk) {
+  BlockCursor c(w);
+  c.g = blk / c.bpg;
+  c.b = blk % c.bpg;
+  return c.range();
+}
 
 }  // namespace SF_ISA_NS
 }  // namespace gptq
