@@ -317,6 +317,19 @@ template <class O, bool VBF16>
 bool gemm_dtype(const GemmArgs& a, const typename O::XElem* x, int64_t n0, int64_t n1) {
   typename O::Bad bad = O::no_bad();
   int64_t n = n0;
+  // One activation row (decode) and rows of at most kOneRowMaxBytes of values: one output row at a time (2 streams
+  // per thread instead of 2R). Measured on Zen 4 (2 threads, 16 layers of K x N, M = 1, us per layer, R = 4 / 1):
+  // bf16 values K = 2048 2588 / 1669, K = 4096 1885 / 1348, 2124 / 1751, 2302 / 1800, K = 5120 1890 / 1262,
+  // K = 8192 2021 / 2079, K = 11008 1729 / 2041, 1904 / 2028; fp32 values K = 2048 3575 / 3074, K = 4096
+  // 3399 / 3403, 2967 / 2777, K = 11008 3112 / 4117, 2922 / 4138. Staggering the 4 rows' chunk order (so their
+  // streams sit at different page offsets) was slower still (K = 4096: 3038), so it is the number of streams
+  // that short rows cannot afford, not cache-set aliasing. From 2 activation rows R = 4's shared activation loads
+  // win (K = 4096, bf16: M = 2 2160 / 2176, M = 4 3484 / 5287).
+  constexpr int64_t kOneRowMaxBytes = 8192;
+  if (a.M == 1 && (a.K / 2) * (VBF16 ? 2 : 4) <= kOneRowMaxBytes) {
+    for (; n < n1; ++n) gemm_rows<O, 1, VBF16>(a, x, n, bad);
+    return !O::is_bad(bad);
+  }
   for (; n + O::R <= n1; n += O::R) gemm_rows<O, O::R, VBF16>(a, x, n, bad);
   for (; n < n1; ++n) gemm_rows<O, 1, VBF16>(a, x, n, bad);
   return !O::is_bad(bad);
