@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -123,9 +122,24 @@ def _sorted_keep(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     return score.topk(n_keep, dim=-1).indices.sort(dim=-1).values
 
 
-def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine;
-    metric already unit-length rows when normalized). Only the removed rows are compared: [B, r, C] x [B, C, N-r]."""
+def _inv_norms(metric: torch.Tensor) -> torch.Tensor:
+    """[B, N]: 1 / max(|row|, 1e-12) of metric [B, N, C] (F.normalize's scale). Cosine similarities are taken as raw
+    dot products of the rows scaled by these afterwards, on the small [B, n, m] result, so the metric itself is never
+    rewritten (one read pass instead of a normalized copy)."""
+    return torch.linalg.vector_norm(metric, dim=-1).clamp_min(1e-12).reciprocal()
+
+
+def _cosine(a: torch.Tensor, inv_a: torch.Tensor | None, b: torch.Tensor, inv_b: torch.Tensor) -> torch.Tensor:
+    """[B, n, m] cosine similarities of rows a [B, n, C] against rows b [B, m, C] given their inverse norms (inv_a
+    None: a's rows unscaled, for an argmax over b that a's norms cannot change)."""
+    sim = (a @ b.transpose(1, 2)).mul_(inv_b[:, None, :])
+    return sim if inv_a is None else sim.mul_(inv_a[:, :, None])
+
+
+def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor, inv: torch.Tensor | None = None) -> torch.Tensor:
+    """target [B, N]: kept tokens map to themselves, every other token to its most similar kept token (cosine; inv:
+    the metric's _inv_norms if already computed). The removed rows are compared with all N rows, [B, r, C] x
+    [B, C, N] (the transposed metric is a view, so the kept rows are never gathered), removed columns excluded."""
     B, N = metric.shape[:2]
     n_keep = keep.shape[1]
     own = torch.arange(n_keep, device=keep.device).expand(B, -1)
@@ -133,9 +147,10 @@ def _target_by_similarity(keep: torch.Tensor, metric: torch.Tensor, normalized: 
     if n_keep == N:
         return target
     removed = _complement(keep, N)
-    m = metric if normalized else F.normalize(metric.float(), dim=-1)
-    sim = _rows(m, removed) @ _rows(m, keep).transpose(1, 2)
-    return target.scatter(1, removed, sim.argmax(-1))
+    m = metric.float()
+    sim = _cosine(_rows(m, removed), None, m, _inv_norms(m) if inv is None else inv)
+    sim.scatter_(2, removed[:, None, :].expand(-1, removed.shape[1], -1), -math.inf)
+    return target.scatter(1, removed, target.gather(1, sim.argmax(-1)))
 
 
 def _keep_by_score(score: torch.Tensor, r: int, protected: int) -> torch.Tensor:
@@ -151,16 +166,21 @@ def drop_by_score(score: torch.Tensor, r: int, metric: torch.Tensor, protected: 
 
 
 def _similarity_keep(importance: torch.Tensor, r: int, metric: torch.Tensor, protected: int,
-                     normalized: bool = False) -> torch.Tensor:
+                     inv: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The S-stage's kept positions [B, N - r] among the N tokens that importance [B, N] ranks; their metric rows are
+    metric[b, rows[b]] when rows [B, N] is given (a subset of a larger metric, never gathered on its own), else
+    metric itself."""
     N = importance.shape[1]
     order = importance[:, protected:].argsort(dim=-1, descending=True) + protected
     n_a = (N - protected + 1) // 2
     a_idx, b_idx = order[:, :n_a], order[:, n_a:]
     if r > b_idx.shape[1]:
         raise ValueError(f"the S-stage can remove at most {b_idx.shape[1]} of {N} tokens, asked for {r}")
-    m = metric if normalized else F.normalize(metric.float(), dim=-1)
-    best = (_rows(m, b_idx) @ _rows(m, a_idx).transpose(1, 2)).max(-1).values  # [B, |B|]
-    drop = b_idx.gather(1, best.topk(r, dim=-1).indices)
+    m = metric.float()
+    inv = _inv_norms(m) if inv is None else inv
+    a_m, b_m = (a_idx, b_idx) if rows is None else (rows.gather(1, a_idx), rows.gather(1, b_idx))
+    best = _cosine(_rows(m, b_m), inv.gather(1, b_m), _rows(m, a_m), inv.gather(1, a_m)).max(-1).values
+    drop = b_idx.gather(1, best.topk(r, dim=-1).indices)  # [B, |B|] best match of each B token, then the r best
     return _complement(drop, N)
 
 
@@ -185,10 +205,11 @@ def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int
     while r_s > 0 and r_s > (N - (r - r_s) - protected) // 2:  # the S-stage drops at most half of what is left
         r_s -= 1
     keep = _keep_by_score(importance, r - r_s, protected)
-    m = F.normalize(metric.float(), dim=-1)
+    m = metric.float()
+    inv = _inv_norms(m)
     if r_s:
-        keep = keep.gather(1, _similarity_keep(importance.gather(1, keep), r_s, _rows(m, keep), protected, True))
-    return Selection(keep, _target_by_similarity(keep, m, True))
+        keep = keep.gather(1, _similarity_keep(importance.gather(1, keep), r_s, m, protected, inv, rows=keep))
+    return Selection(keep, _target_by_similarity(keep, m, inv))
 
 
 def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
@@ -196,13 +217,14 @@ def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
     B (odd); each A token's best match in B by cosine similarity; the r A tokens with the best matches are merged
     into them (merge=True: size-weighted means, merge_tokens). Protected tokens neither merge nor absorb."""
     B, N, _ = metric.shape
-    m = F.normalize(metric.float(), dim=-1)
+    m = metric.float()
+    inv = _inv_norms(m)
     a_pos = torch.arange(0, N, 2, device=metric.device)
     b_pos = torch.arange(1, N, 2, device=metric.device)
     if r > a_pos.numel() - (protected + 1) // 2:
         raise ValueError(f"ToMe can merge at most {a_pos.numel() - (protected + 1) // 2} of {N} tokens per layer, "
                          f"asked for {r}")
-    scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # views: A rows against B rows
+    scores = _cosine(m[:, 0::2], inv[:, 0::2], m[:, 1::2], inv[:, 1::2])  # views: A rows against B rows
     scores[:, a_pos < protected, :] = -math.inf
     scores[:, :, b_pos < protected] = -math.inf
     best, match = scores.max(-1)  # per A token
@@ -275,6 +297,12 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, sel: Selection) -> tuple[t
     w_keep = _rows(size, sel.keep).to(x.dtype)[..., None]
     w_gone = _rows(size, removed).to(x.dtype)[..., None]
     rows = (sel.target.gather(1, removed) + torch.arange(B, device=x.device)[:, None] * n_keep).flatten()
-    total = (kept * w_keep).view(B * n_keep, C).index_add_(0, rows, (_rows(x, removed) * w_gone).view(-1, C))
     denom = new_size.to(x.dtype)[..., None]
-    return torch.where(denom > 0, total.view(B, n_keep, C) / denom.clamp_min(1e-30), kept), new_size
+    empty = denom <= 0  # kept pads that nothing merged into (size 0): they keep their own row
+    own = kept[empty.expand_as(kept)] if bool(empty.any()) else None
+    # in place on the gathered copy (the big [B, n_keep, C] tensor is written once more, not re-allocated twice)
+    total = kept.mul_(w_keep).view(B * n_keep, C).index_add_(0, rows, (_rows(x, removed) * w_gone).view(-1, C))
+    out = total.view(B, n_keep, C).div_(denom.clamp_min(1e-30))
+    if own is not None:
+        out[empty.expand_as(out)] = own
+    return out, new_size
