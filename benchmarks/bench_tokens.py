@@ -5,11 +5,15 @@
    statistics-only pass (no output), alternating repeats, medians.
 2. DeiT-S- and ViT-B-shaped encoders (transformers ViTModel built from configs, random weights: speed does not depend
    on them), fp32, batch 32 of 224 x 224 images (197 tokens): the unpruned model against each method at a FLOP
-   target (default 0.653: DeiT-S's 34.7% cut), alternating, medians; images/s, speedup, and the share of the pruned
+   target (default 0.653: DeiT-S's 34.7% cut) with a constant r at every layer and, as a second schedule, at every
+   third layer (fewer, larger cuts: `--every`), alternating, medians; images/s, speedup, and the share of the pruned
    model's time spent on pruning itself (token_pruning_report's bookkeeping_s: statistics beyond the fused pass,
    selection, merging and gathers).
+3. With --layer-tokens: one unpruned layer alone at those token counts, ms per layer and us per token.
 
     python benchmarks/bench_tokens.py --json benchmarks/results/tokens_speed_zen4.json
+    python benchmarks/bench_tokens.py --skip-attention --shapes deit-s --methods random --every 1 --repeats 1 \
+        --layer-tokens 65 100 128 153 164 186 197 --json benchmarks/results/tokens_layer_zen4.json
 """
 from __future__ import annotations
 
@@ -58,7 +62,7 @@ def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeat
 
 
 def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int,
-                  image_size: int = 224, layers: int | None = None) -> list[dict]:
+                  image_size: int = 224, layers: int | None = None, every: tuple[int, ...] = (1,)) -> list[dict]:
     from transformers import ViTConfig, ViTModel
     torch.manual_seed(0)
     fields = dict(SHAPES[shape])
@@ -68,7 +72,8 @@ def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps
     px = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     configs = {"unpruned": None}
     for m in methods:
-        configs[m] = slimformer.TokenPruneConfig(method=m, flops=flops)
+        for k in every:
+            configs[m if k == 1 else f"{m} (every {k})"] = slimformer.TokenPruneConfig(method=m, flops=flops, every=k)
     got = {name: [] for name in configs}
     book = {name: [] for name in configs}
     report = {}
@@ -98,11 +103,34 @@ def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps
     return rows
 
 
+def bench_layer_tokens(shape: str, tokens: list[int], batch: int, reps: int, repeats: int) -> list[dict]:
+    """The unpruned model's layers alone on random hidden states [batch, N, hidden], for each N: how the time per
+    token grows with the tokens (attention, and the feed-forward intermediate outgrowing the cache)."""
+    from transformers import ViTConfig, ViTModel
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(image_size=224, patch_size=16, **dict(SHAPES[shape], num_hidden_layers=2)),
+                     add_pooling_layer=False).eval()
+    xs = {N: torch.randn(batch, N, SHAPES[shape]["hidden_size"]) for N in tokens}
+    got = {N: [] for N in tokens}
+    with torch.no_grad():
+        for _ in tqdm(range(repeats), desc=f"{shape} layer tokens", leave=False):
+            for N, x in xs.items():
+                got[N].append(median_ms(lambda: [layer(x) for layer in model.layers], reps) / 2)
+    rows = []
+    for N in tokens:
+        t = statistics.median(got[N])
+        rows.append(dict(shape=shape, tokens=N, batch=batch, ms_per_layer=t, us_per_token=t / N * 1e3))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["deit-s", "vit-b"], choices=sorted(SHAPES))
     p.add_argument("--methods", nargs="+", default=list(slimformer.tokens.METHODS))
     p.add_argument("--flops", type=float, default=0.653)
+    p.add_argument("--every", nargs="+", type=int, default=[1, 3],
+                   help="schedules: prune every k-th layer (1: all 12, ToMe's; 3: 4 larger cuts), r solved for --flops")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tokens", nargs="+", type=int, default=[65, 128, 197])
     p.add_argument("--reps", type=int, default=3, help="timed forwards per measurement (median)")
@@ -111,6 +139,8 @@ def main():
     p.add_argument("--skip-attention", action="store_true")
     p.add_argument("--image-size", type=int, default=224, help="smaller for a quick check (tokens: (size/16)^2 + 1)")
     p.add_argument("--layers", type=int, default=None, help="override the encoders' 12 layers (quick checks)")
+    p.add_argument("--layer-tokens", nargs="+", type=int, default=None,
+                   help="also time one unpruned layer at these token counts (time per token against N)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,10 +150,13 @@ def main():
                            tokens=(args.image_size // 16) ** 2 + 1)}
     if not args.skip_attention:
         result["attention"] = bench_attention(args.tokens, 6, args.batch, max(args.reps, 5), args.repeats)
+    if args.layer_tokens:
+        result["layer_tokens"] = [r for shape in args.shapes
+                                  for r in bench_layer_tokens(shape, args.layer_tokens, args.batch, args.reps, 5)]
     result["encoders"] = []
     for shape in args.shapes:
         result["encoders"] += bench_encoder(shape, args.methods, args.flops, args.batch, args.reps, args.repeats,
-                                            args.image_size, args.layers)
+                                            args.image_size, args.layers, tuple(args.every))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")

@@ -45,6 +45,9 @@ METHODS = {  # label -> config fields
     "ToMe (hidden states)": dict(method="tome", similarity="hidden"),
     "Zero-TPrune (keys)": dict(method="zero-tprune"),
     "Zero-TPrune (hidden states)": dict(method="zero-tprune", similarity="hidden"),
+    # the staged schedule bench_tokens.py also times: the same FLOPs removed in every third layer only
+    "ToMe (hidden states), every 3rd layer": dict(method="tome", similarity="hidden", every=3),
+    "Zero-TPrune (keys), every 3rd layer": dict(method="zero-tprune", every=3),
 }
 TARGETS = [0.9, 0.8, 0.65, 0.5]
 

@@ -67,7 +67,8 @@ def test_bench_tokens_script_writes_its_json(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     d = json.loads(out.read_text())
-    assert [r["method"] for r in d["encoders"]] == ["unpruned", "tome", "zero-tprune"]
+    assert [r["method"] for r in d["encoders"]] == ["unpruned", "tome", "tome (every 3)", "zero-tprune",
+                                                    "zero-tprune (every 3)"]
     assert d["attention"][0]["tokens"] == 9 and d["attention"][0]["sdpa"] > 0
     assert all(0 <= r["bookkeeping_share"] < 1 for r in d["encoders"][1:])
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -85,7 +86,7 @@ def test_eval_tokens_quality_trains_and_scores_the_digits_vit(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     d = json.loads(out.read_text())
     rows = d["vit"]["rows"]
-    assert rows[0]["method"] == "unpruned" and len(rows) == 1 + 7 * 4
+    assert rows[0]["method"] == "unpruned" and len(rows) == 1 + 9 * 4
     assert all(0 <= r["top1"] <= 100 for r in rows)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results_tables

@@ -222,13 +222,23 @@ def test_flops_model_and_solver():
     assert S.from_r(S.Shape(3, 8, 16, 12), 6, bipartite=True) == [5, 3, 1]  # ToMe: half the unprotected
     with pytest.raises(ValueError, match="fraction"):
         S.from_flops(shape, 1.5)
+    # every 3rd layer from layer 1: one constant r at layers 1, 4, 7, 10 and nothing elsewhere, the closest such r
+    removed, frac = S.from_flops(shape, 0.653, first_layer=1, every=3)
+    r = removed[1]
+    assert removed == [0, r, 0, 0, r, 0, 0, r, 0, 0, r, 0] and frac == S.flops_fraction(shape, removed)
+    for other in (r - 1, r + 1):
+        alt = [other if (l - 1) % 3 == 0 and l >= 1 else 0 for l in range(12)]
+        assert abs(S.flops_fraction(shape, alt) - 0.653) >= abs(frac - 0.653)
+    with pytest.raises(ValueError, match="every"):
+        S.from_flops(shape, 0.653, every=0)
     with pytest.raises(ValueError, match="exactly one"):
         slimformer.TokenPruneConfig(r=3, flops=0.6)
     with pytest.raises(ValueError, match="method"):
         slimformer.TokenPruneConfig(method="magic", r=3)
     for bad, what in [(dict(flops=0.0), "flops"), (dict(keep=[1.0, 1.2]), "keep"), (dict(r=-1), "r is"),
                       (dict(r=[2, 1.5]), "r is"), (dict(r=2, protected=0), "protected"),
-                      (dict(r=2, similarity="values"), "similarity")]:
+                      (dict(r=2, similarity="values"), "similarity"), (dict(flops=0.6, every=0), "every"),
+                      (dict(flops=0.6, first_layer=-1), "first_layer")]:
         with pytest.raises(ValueError, match=what):
             slimformer.TokenPruneConfig(**bad)
 
@@ -290,6 +300,11 @@ def test_vit_unpruned_exact_and_flops_target(method):
         y = v(pixel_values=px).last_hidden_state
         assert y.shape == ref.shape
         assert abs(slimformer.token_pruning_report(v)["flops_fraction"] - 0.65) < 0.05
+        slimformer.prune_tokens(v, slimformer.TokenPruneConfig(method=method, flops=0.65, every=2))
+        assert v(pixel_values=px).last_hidden_state.shape == ref.shape
+        rep = slimformer.token_pruning_report(v)
+        assert rep["removed"][1::2] == [0] * (len(rep["removed"]) // 2) and rep["removed"][0] > 0
+        assert abs(rep["flops_fraction"] - 0.65) < 0.08
         slimformer.unprune_tokens(v)
         assert torch.equal(v(pixel_values=px).last_hidden_state, ref)
 

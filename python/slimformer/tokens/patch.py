@@ -34,7 +34,9 @@ class TokenPruneConfig:
     class token's row instead, EViT's rule), "random".
     Exactly one of: r (tokens removed per layer, an int or a list per layer), keep (per-layer fraction of the
     entering tokens that survive the layer), flops (fraction of the unpruned encoder's multiply-adds to keep; solved
-    for a constant r from `first_layer` on, achieved fraction in `last_flops_fraction`).
+    for a constant r removed at `first_layer` and every `every`-th layer after it (every=1: all of them; 3: a few
+    larger cuts, cheaper for methods whose choice costs much per layer); the achieved fraction is in
+    token_pruning_report(model)["flops_fraction"]).
     protected: leading tokens never removed (default: 1, or 2 for DeiT's distillation token).
     iterations: WPR iterations per layer (an int, or a list indexed by layer; the last entry repeats).
     similarity_fraction: share of each layer's removals made by Zero-TPrune's S-stage.
@@ -49,6 +51,7 @@ class TokenPruneConfig:
     keep: list[float] | None = None
     flops: float | None = None
     first_layer: int = 0
+    every: int = 1
     protected: int | None = None
     iterations: int | list[int] = 30
     similarity_fraction: float = 0.5
@@ -71,6 +74,10 @@ class TokenPruneConfig:
         if any(not isinstance(v, int) or v < 0 for v in rs):
             raise ValueError(f"r is the number of tokens each layer removes (a non-negative int or a list), got "
                              f"{self.r}")
+        if not isinstance(self.every, int) or self.every < 1 or not isinstance(self.first_layer, int) or \
+                self.first_layer < 0:
+            raise ValueError(f"first_layer must be an int >= 0 and every an int >= 1, got {self.first_layer!r} and "
+                             f"{self.every!r}")
         if self.protected is not None and self.protected < 1:
             raise ValueError(f"protected must be at least 1 (the class token is never removed), got {self.protected}")
         if self.similarity not in ("keys", "hidden"):
@@ -262,7 +269,7 @@ def _run_encoder(fam: _Family, cfg: TokenPruneConfig, x: torch.Tensor, valid: to
     elif cfg.keep is not None:
         removed = S.from_keep(shape, cfg.keep, bip)
     else:
-        removed, _ = S.from_flops(shape, cfg.flops, bip, first_layer=cfg.first_layer)
+        removed, _ = S.from_flops(shape, cfg.flops, bip, first_layer=cfg.first_layer, every=cfg.every)
     record["removed"] = removed
     record["flops_fraction"] = S.flops_fraction(shape, removed)
     # sizes are counts: fp32 whatever the model's dtype (bf16 cannot count past 256)

@@ -66,15 +66,19 @@ def from_keep(shape: Shape, keep: list[float], bipartite: bool = False) -> list[
     return clamp(shape, removed, bipartite)
 
 
-def from_flops(shape: Shape, target: float, bipartite: bool = False,
-               first_layer: int = 0) -> tuple[list[int], float]:
-    """The constant per-layer r (from `first_layer` on) whose FLOP fraction is closest to `target` (ToMe's schedule:
-    the same number of tokens leaves every layer). Returns (removed per layer, the fraction it achieves)."""
+def from_flops(shape: Shape, target: float, bipartite: bool = False, first_layer: int = 0,
+               every: int = 1) -> tuple[list[int], float]:
+    """The constant r, removed at layer first_layer and every `every`-th layer after it (every=1: ToMe's schedule, the
+    same number of tokens leaves every layer; larger: fewer, larger cuts, as the staged schedules of DynamicViT and
+    EViT), whose FLOP fraction is closest to `target`. Returns (removed per layer, the fraction it achieves)."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"the FLOP target is the fraction of the unpruned FLOPs to keep, in (0, 1], got {target}")
+    if not 0 <= first_layer < shape.layers or every < 1:
+        raise ValueError(f"first_layer must be in [0, {shape.layers}) and every >= 1, got {first_layer} and {every}")
+    prunes = [l >= first_layer and (l - first_layer) % every == 0 for l in range(shape.layers)]
     best = ([0] * shape.layers, 1.0)
     for r in range(0, shape.tokens):
-        removed = clamp(shape, [0] * first_layer + [r] * (shape.layers - first_layer), bipartite)
+        removed = clamp(shape, [r if p else 0 for p in prunes], bipartite)
         frac = flops_fraction(shape, removed)
         if abs(frac - target) < abs(best[1] - target):
             best = (removed, frac)
