@@ -108,6 +108,8 @@ def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
     (["bench", "{ws}/bert", "--prune-tokens", "tome", "--keep", "1.5"], "fraction"),
     (["eval", "{ws}/bert", "--text", "{ws}/text.txt", "--prune-tokens", "tome", "--keep", "0.6", "--r", "2"],
      "one of --keep"),
+    (["bench", "{ws}/bert", "--prune-tokens", "tome", "--r", "2", "--prune-every", "2"], "--prune-every spreads"),
+    (["bench", "{ws}/bert", "--prune-tokens", "tome", "--prune-every", "0"], "every an int >= 1"),
 ])
 def test_cli_errors(workspace, capsys, args, message):
     try:
@@ -157,6 +159,9 @@ def test_token_pruning_bench_and_eval(workspace, capsys):
                      "--seqlen", "32", "--batch", "2"]) == 0
     table = capsys.readouterr().out
     assert "| model |" in table and "zero-tprune (FLOPs 0.65)" in table and "sequences/s speedup" in table
+    assert cli.main(["bench", str(workspace / "bert"), "--prune-tokens", "tome", "--keep", "0.65", "--prune-every",
+                     "2", "--seqlen", "32", "--batch", "2"]) == 0
+    assert "tome (FLOPs 0.65, every 2 layers)" in capsys.readouterr().out
     assert cli.main(["eval", str(workspace / "bert"), "--text", str(workspace / "text.txt"), "--prune-tokens", "tome",
                      "--r", "2", "--similarity", "hidden"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -238,7 +238,8 @@ def test_flops_model_and_solver():
     for bad, what in [(dict(flops=0.0), "flops"), (dict(keep=[1.0, 1.2]), "keep"), (dict(r=-1), "r is"),
                       (dict(r=[2, 1.5]), "r is"), (dict(r=2, protected=0), "protected"),
                       (dict(r=2, similarity="values"), "similarity"), (dict(flops=0.6, every=0), "every"),
-                      (dict(flops=0.6, first_layer=-1), "first_layer")]:
+                      (dict(flops=0.6, first_layer=-1), "first_layer"), (dict(r=2, every=2), "FLOP target"),
+                      (dict(keep=[0.9], first_layer=1), "FLOP target")]:
         with pytest.raises(ValueError, match=what):
             slimformer.TokenPruneConfig(**bad)
 

@@ -149,7 +149,11 @@ def _token_config(args):
     import slimformer
     if args.r is not None and args.keep is not None:
         raise CliError("pass one of --keep (FLOP fraction to keep) and --r (tokens removed per layer)")
-    amount = {"r": args.r} if args.r is not None else {"flops": 0.65 if args.keep is None else args.keep}
+    if args.prune_every != 1 and args.r is not None:
+        raise CliError("--prune-every spreads the --keep FLOP target over every K-th layer; --r removes tokens at "
+                       "every layer")
+    amount = {"r": args.r} if args.r is not None else {"flops": 0.65 if args.keep is None else args.keep,
+                                                        "every": args.prune_every}
     return slimformer.TokenPruneConfig(method=args.prune_tokens, similarity=args.similarity, **amount)
 
 
@@ -173,7 +177,7 @@ def _eval(args):
     if tokens_cfg is not None:
         _prune_tokens(model, tokens_cfg, args.model_dir)
         result["token_pruning"] = {"method": tokens_cfg.method, "flops": tokens_cfg.flops, "r": tokens_cfg.r,
-                                   "similarity": tokens_cfg.similarity}
+                                   "every": tokens_cfg.every, "similarity": tokens_cfg.similarity}
         if args.reference is None:
             args.reference = args.model_dir  # against the same model unpruned
     if ev.is_causal_lm(model.config):
@@ -221,6 +225,8 @@ def _bench(args):
         models.insert(0, ("model", args.model_dir, None))
     if tokens_cfg is not None:
         what = f"r={tokens_cfg.r}" if tokens_cfg.r is not None else f"FLOPs {tokens_cfg.flops}"
+        if tokens_cfg.every != 1:
+            what += f", every {tokens_cfg.every} layers"
         models[-1] = (f"{models[-1][0]} + {tokens_cfg.method} ({what})", args.model_dir, tokens_cfg)
     rows = []
     for label, path, cfg in models:
@@ -269,6 +275,8 @@ def _token_args(p):
     p.add_argument("--keep", type=float, default=None,
                    help="with --prune-tokens: fraction of the encoder's FLOPs to keep (default 0.65)")
     p.add_argument("--r", type=int, default=None, help="with --prune-tokens: tokens removed per layer instead")
+    p.add_argument("--prune-every", type=int, default=1, metavar="K",
+                   help="with --prune-tokens --keep: cut only every K-th layer (fewer, larger cuts; default 1: all)")
     p.add_argument("--similarity", choices=["keys", "hidden"], default="keys",
                    help="with --prune-tokens: what ToMe / Zero-TPrune compare (default keys, as the papers)")
 

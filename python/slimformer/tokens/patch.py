@@ -78,6 +78,9 @@ class TokenPruneConfig:
                 self.first_layer < 0:
             raise ValueError(f"first_layer must be an int >= 0 and every an int >= 1, got {self.first_layer!r} and "
                              f"{self.every!r}")
+        if self.flops is None and (self.every != 1 or self.first_layer != 0):
+            raise ValueError("first_layer and every shape the schedule solved for a FLOP target (flops=...); with r or "
+                             "keep, give the removals per layer as a list instead")
         if self.protected is not None and self.protected < 1:
             raise ValueError(f"protected must be at least 1 (the class token is never removed), got {self.protected}")
         if self.similarity not in ("keys", "hidden"):
