@@ -61,14 +61,19 @@ def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeat
     return rows
 
 
-def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int,
-                  image_size: int = 224, layers: int | None = None, every: tuple[int, ...] = (1,)) -> list[dict]:
+def vit(shape: str, image_size: int = 224, layers: int | None = None):
+    """A ViTModel of the named shape (random weights, seed 0), `layers` overriding its 12."""
     from transformers import ViTConfig, ViTModel
     torch.manual_seed(0)
     fields = dict(SHAPES[shape])
     if layers is not None:
         fields["num_hidden_layers"] = layers
-    model = ViTModel(ViTConfig(image_size=image_size, patch_size=16, **fields), add_pooling_layer=False).eval()
+    return ViTModel(ViTConfig(image_size=image_size, patch_size=16, **fields), add_pooling_layer=False).eval()
+
+
+def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps: int, repeats: int,
+                  image_size: int = 224, layers: int | None = None, every: tuple[int, ...] = (1,)) -> list[dict]:
+    model = vit(shape, image_size, layers)
     px = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     configs = {"unpruned": None}
     for m in methods:
@@ -103,13 +108,10 @@ def bench_encoder(shape: str, methods: list[str], flops: float, batch: int, reps
     return rows
 
 
-def bench_layer_tokens(shape: str, tokens: list[int], batch: int, reps: int, repeats: int) -> list[dict]:
+def bench_layer_tokens(shape: str, tokens: list[int], batch: int, reps: int, repeats: int = 5) -> list[dict]:
     """The unpruned model's layers alone on random hidden states [batch, N, hidden], for each N: how the time per
     token grows with the tokens (attention, and the feed-forward intermediate outgrowing the cache)."""
-    from transformers import ViTConfig, ViTModel
-    torch.manual_seed(0)
-    model = ViTModel(ViTConfig(image_size=224, patch_size=16, **dict(SHAPES[shape], num_hidden_layers=2)),
-                     add_pooling_layer=False).eval()
+    model = vit(shape, layers=2)
     xs = {N: torch.randn(batch, N, SHAPES[shape]["hidden_size"]) for N in tokens}
     got = {N: [] for N in tokens}
     with torch.no_grad():
@@ -152,7 +154,7 @@ def main():
         result["attention"] = bench_attention(args.tokens, 6, args.batch, max(args.reps, 5), args.repeats)
     if args.layer_tokens:
         result["layer_tokens"] = [r for shape in args.shapes
-                                  for r in bench_layer_tokens(shape, args.layer_tokens, args.batch, args.reps, 5)]
+                                  for r in bench_layer_tokens(shape, args.layer_tokens, args.batch, args.reps)]
     result["encoders"] = []
     for shape in args.shapes:
         result["encoders"] += bench_encoder(shape, args.methods, args.flops, args.batch, args.reps, args.repeats,
