@@ -6,7 +6,9 @@
 // scales, the tiles of the kernel layout) the way the op runs it: 8 rows unpacked into buffers then the sparse kernel
 // on them, "-int4-f32" (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and
 // "-int4-fused" / "-int4-fused-f32" (the kernels that multiply the codes straight from the tiles: bf16 activations
-// with K a multiple of 64, fp32 activations on any AVX-512 level with K a multiple of 32).
+// with K a multiple of 64, fp32 activations on any AVX-512 level with K a multiple of 32); "-bf16-wide" is the
+// large-M bf16 kernel (sparse24_cpu_wide.h) on activations packed before the timing, and "-bf16-wide-pack" times
+// that packing alone (the op packs once per call).
 // The int4 bytes are the tiles (codes + positions) and the fp16 scales + zeros.
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
@@ -136,15 +138,21 @@ int main(int argc, char** argv) {
   };
   if (!o.json)
     std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
-  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32 };
+  enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32, kWide, kWidePack };
+  const int64_t KBn = wide_k_blocks(K);
+  std::vector<uint8_t> packed_buf(KBn * wide_row_blocks(M) * kWideBlockBytes + 64);
+  uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed_buf.data()) + 63) & ~uintptr_t{63});
   for (const Path& p : paths)
-    for (const Kind kind : {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32}) {
+    for (const Kind kind :
+         {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32, kWide, kWidePack}) {
       if (!p.ok || (!o.isa.empty() && o.isa != p.name)) continue;
       const CpuKernels& kern = p.kern();
       if ((kind == kBf16 || kind == kInt4Bf16) && kern.gemm_bf16 == nullptr) continue;
       if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 64)) continue;
       if (kind == kInt4FusedF32 && (kern.gemm_int4_f32 == nullptr || K % 32)) continue;
-      const bool int4 = kind >= kInt4F32;
+      if ((kind == kWide || kind == kWidePack) && kern.gemm_wide_bf16 == nullptr) continue;
+      if (kind == kWide) kern.pack_wide_bf16(xb.data(), M, K, packed, 0, KBn);
+      const bool int4 = kind >= kInt4F32 && kind <= kInt4FusedF32;
       std::vector<GemmArgs> args(o.layers);
       for (int64_t l = 0; l < o.layers; ++l)
         args[l] = GemmArgs{M, K, N, x.data(), xb.data(),
@@ -158,6 +166,14 @@ int main(int argc, char** argv) {
       const double ms = median_ms_per_layer(
           [&](int64_t th, int64_t layer) {
             const int64_t n0 = N * th / o.threads, n1 = N * (th + 1) / o.threads;
+            if (kind == kWide) {
+              if (!kern.gemm_wide_bf16(args[layer], packed, n0, n1)) ok = false;
+              return;
+            }
+            if (kind == kWidePack) {
+              kern.pack_wide_bf16(xb.data(), M, K, packed, KBn * th / o.threads, KBn * (th + 1) / o.threads);
+              return;
+            }
             if (!int4) {
               if (!fn(args[layer], n0, n1)) ok = false;
               return;
@@ -185,13 +201,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s: the kernel reported a mask that is not 2:4\n", p.name);
         return 1;
       }
-      static const char* const kSuffix[] = {"-f32",      "-bf16v",     "-bf16",           "-int4-f32",
-                                            "-int4-bf16", "-int4-fused", "-int4-fused-f32"};
+      static const char* const kSuffix[] = {"-f32",        "-bf16v",          "-bf16",      "-int4-f32",
+                                            "-int4-bf16",  "-int4-fused",     "-int4-fused-f32", "-bf16-wide",
+                                            "-bf16-wide-pack"};
       const std::string name = std::string(p.name) + kSuffix[kind];
       // bytes read from memory: values and the bitmask, or the tiles and fp16 scales + zeros
-      const double bytes = int4 ? double(T) * TB + 3.0 * N * G
+      const double bytes = kind == kWidePack ? 0.0
+                           : int4          ? double(T) * TB + 3.0 * N * G
                                 : double(N) * (K / 2) * (kind == kF32 ? 4 : 2) + double(N) * KB;
-      const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
+      const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = kind == kWidePack ? 0.0 : 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
       if (o.json)
         std::printf("{\"path\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"us_per_layer\": %.1f, "
                     "\"gb_per_s\": %.2f, \"gflop_per_s\": %.2f}\n",

@@ -1,6 +1,6 @@
 """The 2:4 sparse CPU kernels (slimformer::sparse24_gemm) against the float64 reference (format.reference_gemm), on
-every ISA path the machine has, on awkward shapes, through both the sparse small-M kernel and the decompressed-tile
-path, and their bad-input errors."""
+every ISA path the machine has, on awkward shapes, through the sparse small-M kernel, the large-M bf16 kernel (where
+the level has it) and the decompressed-tile path, and their bad-input errors."""
 import pytest
 import torch
 
@@ -9,6 +9,12 @@ from slimformer import Sparse24Linear
 from slimformer.sparse24 import format as F
 
 SMALL_M, LARGE_M = "1000000", "1"  # SLIMFORMER_SPARSE24_LARGE_M forcing one path or the other
+TILES = "tiles"  # LARGE_M with the large-M bf16 kernel switched off (SLIMFORMER_SPARSE24_WIDE=0)
+
+
+def use_path(monkeypatch, path):
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", SMALL_M if path == SMALL_M else LARGE_M)
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_WIDE", "0" if path == TILES else "1")
 
 
 def make(N, K, vdtype, seed=0):
@@ -25,12 +31,12 @@ def error(y, x, values, bitmask, bias, K):
     return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
 @pytest.mark.parametrize("M", [1, 3, 8, 13, 130])
 @pytest.mark.parametrize("K", [4, 36, 264])
 @pytest.mark.parametrize("N", [1, 67])
 def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, N):
-    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    use_path(monkeypatch, path)
     for vdtype in (torch.float32, torch.bfloat16):
         values, bitmask = make(N, K, vdtype, seed=M + K + N)
         bias = torch.randn(N)
@@ -42,6 +48,33 @@ def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, N):
             # dense bf16 GEMM's)
             tol = 2e-4 if xdtype == torch.float32 else (2e-2 if xdtype == torch.bfloat16 else 2e-3)
             assert error(y, x, values, bitmask, bias, K) < tol, (vdtype, xdtype)
+
+
+@pytest.mark.parametrize("M", [16, 17, 40, 64, 65, 130])
+@pytest.mark.parametrize("K", [36, 264, 1028])
+@pytest.mark.parametrize("N", [67, 241, 487])
+def test_large_m_bf16_kernel_matches_the_reference(sparse24_isa, monkeypatch, M, K, N):
+    """The large-M bf16 kernel (sparse24_cpu_wide.h) wherever the level has it, else the tiles: row blocks of 16 and
+    tiles of 4 of them with tails, K blocks of 64 inputs with a tail, superblocks of 240 output rows with tails. Its
+    sums are exact fp32 sums of bf16 products, so only the bf16 output's rounding is left."""
+    use_path(monkeypatch, LARGE_M)
+    values, bitmask = make(N, K, torch.bfloat16, seed=M + K + N)
+    x = torch.randn(M, K).bfloat16()
+    y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, N)
+    assert error(y, x, values, bitmask, None, K) < 4e-3
+    # and the same products as the sparse small-M kernel, to the output's rounding
+    use_path(monkeypatch, SMALL_M)
+    y_small = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
+    assert ((y.float() - y_small.float()).abs() <= 2 ** -7 * y_small.float().abs() + 1e-3).all()
+
+
+def test_routes_env_is_checked(monkeypatch):
+    values, bitmask = make(8, 32, torch.bfloat16)
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", LARGE_M)
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_WIDE", "yes")
+    with pytest.raises(RuntimeError, match="SLIMFORMER_SPARSE24_WIDE must be 0 or 1"):
+        torch.ops.slimformer.sparse24_gemm(torch.randn(40, 32).bfloat16(), values, bitmask, None, 32)
 
 
 def test_leading_dimensions_empty_inputs_and_no_bias(sparse24_isa):
@@ -68,9 +101,9 @@ def test_kept_zeros_and_pruned_inputs(sparse24_isa):
 
 
 @pytest.mark.parametrize("M", [1, 5])  # one activation row runs one output row at a time (sparse24_cpu_kernel.h)
-@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
 def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path, M):
-    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    use_path(monkeypatch, path)
     values, bitmask = make(9, 100, torch.bfloat16)
     x = torch.randn(M, 100).bfloat16()
     for row, byte, value in ((0, 0, 0x0F), (8, 12, 0x10), (4, 6, 0x77)):  # 4 kept / 1 kept / 3 kept

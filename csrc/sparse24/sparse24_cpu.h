@@ -57,6 +57,12 @@ struct DecompressArgs {
   int64_t row0 = 0;  // as in GemmArgs
 };
 
+// The large-M bf16 kernel's packed activations (sparse24_cpu_wide.h): blocks of kWideGroups groups of 4 inputs x 16
+// activation rows, block (kb, mb) at (kb * wide_row_blocks(M) + mb) * kWideBlockBytes, 64-byte aligned.
+constexpr int64_t kWideGroups = 16, kWideBlockBytes = kWideGroups * 6 * 64;
+constexpr int64_t wide_row_blocks(int64_t M) { return (M + 15) / 16; }
+constexpr int64_t wide_k_blocks(int64_t K) { return (K / 4 + kWideGroups - 1) / kWideGroups; }
+
 struct CpuKernels {
   // y[:, n0:n1] = x @ W[n0:n1]^T; false when a group of those rows is not 2:4 (y is then garbage).
   bool (*gemm)(const GemmArgs& a, int64_t n0, int64_t n1);
@@ -75,6 +81,11 @@ struct CpuKernels {
   // the same with fp32 activations (a.x) and fp32 arithmetic, on any AVX-512 level (else nullptr); needs K and
   // q.group_size multiples of 32.
   bool (*gemm_int4_f32)(const GemmArgs& a, const Int4Args& q, int64_t t0, int64_t t1);
+  // the large-M bf16 route, where the level multiplies bf16 natively (else nullptr): pack K blocks [kb0, kb1) of
+  // x [M, K] bf16 for every row block, then y[:, n0:n1) = x @ W[n0:n1)^T from the packed activations (bf16 values;
+  // a.xb unused); false when a group of those rows is not 2:4.
+  void (*pack_wide_bf16)(const uint16_t* x, int64_t M, int64_t K, uint8_t* packed, int64_t kb0, int64_t kb1);
+  bool (*gemm_wide_bf16)(const GemmArgs& a, const uint8_t* packed, int64_t n0, int64_t n1);
 };
 
 const CpuKernels& cpu_kernels_scalar();

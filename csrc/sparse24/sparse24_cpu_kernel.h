@@ -452,6 +452,7 @@ inline bool decompress(const DecompressArgs& a, int64_t n0, int64_t n1) {
 }  // namespace slimformer
 
 #include "sparse24/sparse24_cpu_int4.h"
+#include "sparse24/sparse24_cpu_wide.h"
 
 namespace slimformer {
 namespace sparse24 {
@@ -459,12 +460,17 @@ namespace SF_ISA_NS {
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
 inline CpuKernels kernels() {
-  return CpuKernels{&gemm, &decompress, &gemm_bf16, &unpack_int4, &gemm_int4_bf16, &gemm_int4_f32};
+  return CpuKernels{&gemm,           &decompress,    &gemm_bf16,      &unpack_int4,
+                    &gemm_int4_bf16, &gemm_int4_f32, &pack_wide_bf16, &gemm_wide_bf16};
 }
 #elif defined(__AVX512F__)
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, &gemm_int4_f32}; }
+inline CpuKernels kernels() {
+  return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, &gemm_int4_f32, nullptr, nullptr};
+}
 #else
-inline CpuKernels kernels() { return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, nullptr}; }
+inline CpuKernels kernels() {
+  return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, nullptr, nullptr, nullptr};
+}
 #endif
 
 }  // namespace SF_ISA_NS

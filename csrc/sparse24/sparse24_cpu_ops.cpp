@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_dispatch.h"
@@ -29,8 +30,11 @@ constexpr CpuDispatch<CpuKernels> kCpuKernels{
 // (2 threads, 8 x 4096x11008, us per layer, sparse kernel / tiles / dense torch): bf16 M=32 9653 / 10873 / 9782,
 // M=64 18677 / 17779 / 16367, M=128 36320 / 31304 / 29392 -> tiles from 48; fp32 M=32 17992 / 31634 / 40549, M=64
 // 34728 / 84075 / 61670, M=128 67159 / 80976 / 100106 -> the sparse kernel at every M (half the multiply-adds of
-// the dense fp32 GEMM). SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for both.
-int64_t large_m_threshold(bool native_bf16) {
+// the dense fp32 GEMM). Where the large-M bf16 kernel runs instead of the tiles (sparse24_cpu_wide.h; bf16 values
+// stored as such), it takes over from 32 rows: raw kernels (bench_sparse24_kernel, 2 threads, 8 x 4096x11008, us per
+// layer, sparse kernel / wide kernel): M=8 3322 / 8578, M=16 6826 / 9186, M=32 11000 / 10046, M=48 15449 / 10949.
+// SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for all of them.
+int64_t large_m_threshold(bool native_bf16, bool wide) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -38,7 +42,7 @@ int64_t large_m_threshold(bool native_bf16) {
                 s, "'");
     return v;
   }
-  return native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
+  return wide ? 32 : native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
@@ -99,6 +103,24 @@ void for_row_blocks(const Values& vals, int64_t n0, int64_t n1, Fn&& fn) {
   }
 }
 
+// Output rows per thread task of the large-M bf16 kernel (which works in superblocks of 240 rows).
+constexpr int64_t kWideGrainRows = 240;
+
+// The large-M bf16 kernel (sparse24_cpu_wide.h) instead of decompressed tiles: bf16 values stored as such (not
+// unpacked from 2:4 + int4), a level that has it, and not switched off by SLIMFORMER_SPARSE24_WIDE=0 (which the
+// tests use to reach the tile route).
+template <class Values>
+bool use_wide_kernel(const CpuKernels& kern, bool native_bf16) {
+  if constexpr (!std::is_same_v<Values, PlainValues>) {
+    return false;
+  } else {
+    const char* s = std::getenv("SLIMFORMER_SPARSE24_WIDE");
+    if (s != nullptr && std::string(s) != "0" && std::string(s) != "1")
+      TORCH_CHECK(false, "SLIMFORMER_SPARSE24_WIDE must be 0 or 1, got '", s, "'");
+    return native_bf16 && kern.gemm_wide_bf16 != nullptr && (s == nullptr || std::string(s) == "1");
+  }
+}
+
 // y [M, N] (fp32, or bf16 from the tile route) + bias, in x's dtype and leading shape
 at::Tensor finish(at::Tensor& y, const at::Tensor& x, const c10::optional<at::Tensor>& bias, int64_t N) {
   if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
@@ -117,7 +139,8 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
   // Both operands bf16 on a level that multiplies bf16 natively: the bf16 sparse kernel, and bf16 tiles for the
   // dense GEMM. Otherwise fp32 arithmetic (and fp32 tiles, so fp32 values are never rounded).
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
-  if (M < large_m_threshold(native_bf16)) {
+  const bool wide = use_wide_kernel<Values>(kern, native_bf16);
+  if (M < large_m_threshold(native_bf16, wide)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, nullptr, y.data_ptr<float>()};
     at::Tensor xin;
@@ -138,6 +161,22 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
         a.row0 = r0;
         if (!rb.ok || !fn(a, r0, r1)) ok = false;
       });
+    });
+  } else if (wide) {
+    // both operands bf16, many rows: the activations packed once in their 6 pairings, then the output rows in
+    // superblocks (sparse24_cpu_wide.h)
+    const at::Tensor xin = x.reshape({M, K}).contiguous();
+    const int64_t KBn = wide_k_blocks(K);
+    at::Tensor packed = at::empty({KBn * wide_row_blocks(M) * kWideBlockBytes + 64}, x.options().dtype(at::kByte));
+    uint8_t* pk = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) & ~uintptr_t{63});
+    const uint16_t* xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
+    at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) { kern.pack_wide_bf16(xb, M, K, pk, kb0, kb1); });
+    y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    std::vector<uint8_t> unused;  // PlainValues' rows are the tensors themselves
+    const RowBlock rb = vals.rows(0, N, unused);
+    const GemmArgs args{M, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, y.data_ptr<float>()};
+    at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
+      if (!kern.gemm_wide_bf16(args, pk, n0, n1)) ok = false;
     });
   } else {
     const at::ScalarType dt = native_bf16 ? at::kBFloat16 : at::kFloat;
@@ -190,9 +229,9 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
   // the fused kernels, a tile (4 rows) at a time, codes straight into the products: bf16 activations where the CPU
   // multiplies bf16 (below the tile threshold), else fp32 arithmetic below kInt4FusedF32Rows
   const bool fused_bf16 = bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 &&
-                          M < large_m_threshold(true);
+                          M < large_m_threshold(true, false);
   const bool fused_f32 = !bf16 && kern.gemm_int4_f32 != nullptr && K % 32 == 0 && gs % 32 == 0 &&
-                         M < std::min(kInt4FusedF32Rows, large_m_threshold(false));
+                         M < std::min(kInt4FusedF32Rows, large_m_threshold(false, false));
   if ((fused_bf16 || fused_f32) && q.groups <= kInt4MaxGroups && M > 0) {
     const at::Tensor xin = x.reshape({M, K}).to(fused_bf16 ? at::kBFloat16 : at::kFloat).contiguous();
     at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
