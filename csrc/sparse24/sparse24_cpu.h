@@ -24,6 +24,10 @@ struct GemmArgs {
   const uint8_t* bitmask;  // [N, ceil(K/8)] (the rows from row0 on)
   float* y;  // [M, N] fp32 (ld N)
   int64_t row0 = 0;  // the row of W whose values and bitmask `values` and `bitmask` point at (a block of rows)
+  // the large-M bf16 kernel only: fp32 bias [N] added before the output's rounding (or nullptr), and bf16 output
+  // [M, N] written instead of y where not nullptr
+  const float* bias = nullptr;
+  uint16_t* yb = nullptr;
 };
 
 // 2:4 + int4 (format.py) in its kernel layout, "tiles" [ceil(N/4), ceil(K/128) * 192] uint8: rows in tiles of 4,

@@ -171,13 +171,20 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
     uint8_t* pk = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) & ~uintptr_t{63});
     const uint16_t* xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
     at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) { kern.pack_wide_bf16(xb, M, K, pk, kb0, kb1); });
-    y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    // the kernel writes bf16 (x's dtype) and adds the bias in fp32 before that rounding
+    y = at::empty({M, N}, x.options());
+    at::Tensor b32;
+    if (bias.has_value() && bias->defined()) b32 = bias->to(at::kFloat).contiguous();
     std::vector<uint8_t> unused;  // PlainValues' rows are the tensors themselves
     const RowBlock rb = vals.rows(0, N, unused);
-    const GemmArgs args{M, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, y.data_ptr<float>()};
+    GemmArgs args{M, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, nullptr};
+    args.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
+    args.yb = reinterpret_cast<uint16_t*>(y.data_ptr());
     at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
       if (!kern.gemm_wide_bf16(args, pk, n0, n1)) ok = false;
     });
+    TORCH_CHECK(ok.load(), bad_message);
+    return y.view(output_shape(x, N));
   } else {
     const at::ScalarType dt = native_bf16 ? at::kBFloat16 : at::kFloat;
     const at::Tensor x2 = x.reshape({M, K}).to(dt).contiguous();
