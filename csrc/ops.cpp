@@ -52,6 +52,9 @@ TORCH_LIBRARY(slimformer, m) {
   m.def(
       "token_attention(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tensor? keep, Tensor? head_weights, "
       "bool need_out, bool need_probs) -> (Tensor, Tensor, Tensor)");
+  // Zero-TPrune's weighted PageRank: `iterations` times s <- attn^T s per sequence, attn float32 [B, N, N] (rows:
+  // queries; row stride free), s float32 [B, N] the start; returns the result (CPU; csrc/tokens/tokens_cpu.h).
+  m.def("wpr(Tensor attn, Tensor s, int iterations) -> Tensor");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

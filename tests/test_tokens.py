@@ -72,6 +72,43 @@ def test_wpr_gives_pads_nothing():
     assert (s[0, 4:] == 0).all() and abs(s.sum().item() - 1) < 1e-12
 
 
+@pytest.mark.parametrize("N", [1, 7, 17, 130, 197, 300])
+def test_wpr_op_matches_the_power_iteration(tokens_isa, N):
+    """The CPU op behind A.wpr for float32 (column strips of up to 8 vectors, then the N % L tail columns), against
+    the float64 iteration, on a padded buffer narrowed to N columns (strided rows) and with pad rows (s = 0)."""
+    B = 3
+    buf = torch.zeros(B, N, N + 5)
+    buf[..., :N] = _probs(B, 1, N).squeeze(1).float()
+    attn = buf[..., :N]
+    s0 = torch.rand(B, N, generator=torch.Generator().manual_seed(N))
+    s0[1, N // 2:] = 0
+    for it in (0, 1, 30):
+        want = s0.double()
+        for _ in range(it):
+            want = torch.bmm(want.unsqueeze(1), attn.double()).squeeze(1)
+        got = torch.ops.slimformer.wpr(attn, s0, it)
+        assert got.dtype == torch.float32 and got.shape == (B, N)
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-7), it
+    assert torch.equal(s0[1, N // 2:], torch.zeros_like(s0[1, N // 2:]))  # the input is not written
+    # A.wpr takes the op for float32 on the CPU
+    s = A.wpr(attn, None, iterations=30)
+    ref = A.wpr(attn.double(), None, iterations=30)
+    assert torch.allclose(s.double(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_wpr_op_bad_input_and_opcheck():
+    attn, s = torch.softmax(torch.randn(2, 5, 5), -1), torch.rand(2, 5)
+    with pytest.raises(RuntimeError, match=r"attn must be \[B, N, N\]"):
+        torch.ops.slimformer.wpr(attn[:, :4], s, 3)
+    with pytest.raises(RuntimeError, match=r"s must be \[B, N\]"):
+        torch.ops.slimformer.wpr(attn, s[:, :4], 3)
+    with pytest.raises(RuntimeError, match="must be float32"):
+        torch.ops.slimformer.wpr(attn.double(), s.double(), 3)
+    with pytest.raises(RuntimeError, match="iterations must be >= 0"):
+        torch.ops.slimformer.wpr(attn, s, -1)
+    torch.library.opcheck(torch.ops.slimformer.wpr.default, (attn, s, 4))
+
+
 def test_head_filter_keeps_the_heads_in_the_variance_band():
     B, H, N = 2, 8, 10
     p = _probs(B, H, N)

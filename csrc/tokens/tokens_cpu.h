@@ -47,6 +47,9 @@ struct CpuKernels {
   // importance: [padded(NK)] (+=), probs: [NK, padded(NK)] (+= weight x P) or null; out written if need_out.
   void (*attention_head)(const AttnArgs& a, int64_t b, int64_t h, float* importance, float* probs, float weight,
                          bool need_out, float* scratch);
+  // WPR: `iterations` times s <- attn^T s for one sequence's attn [N, N] (row stride ld), s [N] in place, t [N]
+  // scratch.
+  void (*wpr_sequence)(const float* attn, int64_t N, int64_t ld, float* s, float* t, int64_t iterations);
 };
 
 const CpuKernels& cpu_kernels_scalar();

@@ -220,7 +220,50 @@ inline void attention_head(const AttnArgs& a, int64_t b, int64_t h, float* impor
   }
 }
 
-inline CpuKernels kernels() { return CpuKernels{&attention_head}; }
+// Zero-TPrune's WPR for one sequence: `iterations` times s <- attn^T s (s_j = sum_i s_i attn[i, j]). Each pass sweeps
+// the [N, N] matrix in column strips of up to 8 vectors, whose sums stay in registers while every row adds its strip
+// scaled by s_i (rows with s_i = 0, pads, are skipped); the matrix stays in L2 across the passes, which is what the
+// batched torch loop (a bmm per iteration over the whole batch, re-read from memory each time) cannot do.
+// t: [N] scratch.
+template <int C>
+inline void wpr_strip(const float* attn, int64_t N, int64_t ld, const float* s, float* t, int64_t j0) {
+  F acc[C];
+  for (int u = 0; u < C; ++u) acc[u] = V::zero();
+  for (int64_t i = 0; i < N; ++i) {
+    if (s[i] == 0.f) continue;
+    const F si = V::set1(s[i]);
+    const float* r = attn + i * ld + j0;
+    for (int u = 0; u < C; ++u) acc[u] = V::fma(si, V::load(r + u * V::L), acc[u]);
+  }
+  for (int u = 0; u < C; ++u) V::store(t + j0 + u * V::L, acc[u]);
+}
+
+inline void wpr_sequence(const float* attn, int64_t N, int64_t ld, float* s, float* t, int64_t iterations) {
+  constexpr int L = V::L, kStrip = 8;
+  const int64_t vecs = N / L;
+  for (int64_t it = 0; it < iterations; ++it) {
+    int64_t v = 0;
+    for (; v + kStrip <= vecs; v += kStrip) wpr_strip<kStrip>(attn, N, ld, s, t, v * L);
+    switch (vecs - v) {
+      case 7: wpr_strip<7>(attn, N, ld, s, t, v * L); break;
+      case 6: wpr_strip<6>(attn, N, ld, s, t, v * L); break;
+      case 5: wpr_strip<5>(attn, N, ld, s, t, v * L); break;
+      case 4: wpr_strip<4>(attn, N, ld, s, t, v * L); break;
+      case 3: wpr_strip<3>(attn, N, ld, s, t, v * L); break;
+      case 2: wpr_strip<2>(attn, N, ld, s, t, v * L); break;
+      case 1: wpr_strip<1>(attn, N, ld, s, t, v * L); break;
+      default: break;
+    }
+    for (int64_t j = vecs * L; j < N; ++j) {  // the last N % L columns
+      float acc = 0.f;
+      for (int64_t i = 0; i < N; ++i) acc += s[i] * attn[i * ld + j];
+      t[j] = acc;
+    }
+    std::memcpy(s, t, sizeof(float) * N);
+  }
+}
+
+inline CpuKernels kernels() { return CpuKernels{&attention_head, &wpr_sequence}; }
 
 }  // namespace SF_ISA_NS
 }  // namespace tokens

@@ -63,9 +63,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_attention_cpu(const at::Ten
   return {pa.out, imp.narrow(2, 0, NK).contiguous(), probs};
 }
 
+at::Tensor wpr_cpu(const at::Tensor& attn, const at::Tensor& s0, int64_t iterations) {
+  TORCH_CHECK(attn.dim() == 3 && attn.size(1) == attn.size(2), "attn must be [B, N, N], got ", attn.sizes());
+  TORCH_CHECK(s0.dim() == 2 && s0.size(0) == attn.size(0) && s0.size(1) == attn.size(1), "s must be [B, N] = [",
+              attn.size(0), ", ", attn.size(1), "], got ", s0.sizes());
+  TORCH_CHECK(attn.scalar_type() == at::kFloat && s0.scalar_type() == at::kFloat, "attn and s must be float32, got ",
+              attn.scalar_type(), " and ", s0.scalar_type());
+  TORCH_CHECK(attn.device() == s0.device(), "attn and s must be on one device");
+  TORCH_CHECK(iterations >= 0, "iterations must be >= 0, got ", iterations);
+  // rows may be strided (a narrowed, padded buffer), columns must be contiguous
+  const at::Tensor a = attn.stride(2) == 1 && attn.stride(1) >= attn.size(2) ? attn : attn.contiguous();
+  at::Tensor s = s0.contiguous().clone();
+  const int64_t B = a.size(0), N = a.size(1), lb = a.stride(0), ld = a.stride(1);
+  const float* ap = a.data_ptr<float>();
+  float* sp = s.data_ptr<float>();
+  const CpuKernels& kern = kCpuKernels.active();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> t(static_cast<size_t>(N));
+    for (int64_t b = b0; b < b1; ++b) kern.wpr_sequence(ap + b * lb, N, ld, sp + b * N, t.data(), iterations);
+  });
+  return s;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(slimformer, CPU, m) { m.impl("token_attention", &token_attention_cpu); }
+TORCH_LIBRARY_IMPL(slimformer, CPU, m) {
+  m.impl("token_attention", &token_attention_cpu);
+  m.impl("wpr", &wpr_cpu);
+}
 
 }  // namespace tokens
 }  // namespace slimformer

@@ -76,6 +76,11 @@ if HAS_NATIVE:
         return (q.new_empty((B, n, H, D)) if need_out else q.new_empty((0,)), q.new_empty((B, H, n)),
                 q.new_empty((B, n, n)) if need_probs else q.new_empty((0,)))
 
+    @torch.library.register_fake("slimformer::wpr")
+    def _wpr_fake(attn, s, iterations):
+        _same_device(attn=attn, s=s)
+        return s.new_empty(s.shape)
+
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
         return words.new_empty((count, words.shape[1]))

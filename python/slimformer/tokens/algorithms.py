@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from .. import ops
+
 
 @dataclass
 class Selection:
@@ -97,6 +99,9 @@ def wpr(attn: torch.Tensor, valid: torch.Tensor | None = None, iterations: int =
     if valid is not None:
         s = s * valid.to(s.dtype)
     s = s / s.sum(-1, keepdim=True).clamp_min(1e-30)
+    if ops.HAS_NATIVE and attn.device.type == "cpu" and attn.dtype == torch.float32:
+        # the iterations of one sequence in one pass over its matrix, which stays in cache (csrc/tokens)
+        return torch.ops.slimformer.wpr.default(attn, s, iterations)
     for _ in range(iterations):
         s = torch.bmm(s.unsqueeze(1), attn).squeeze(1)
     return s
