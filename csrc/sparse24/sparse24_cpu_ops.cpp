@@ -103,8 +103,18 @@ void for_row_blocks(const Values& vals, int64_t n0, int64_t n1, Fn&& fn) {
   }
 }
 
-// Output rows per thread task of the large-M bf16 kernel (which works in superblocks of 240 rows).
-constexpr int64_t kWideGrainRows = 240;
+// Output rows per thread task of the large-M bf16 kernel (which works in superblocks of 240 rows), and the activation
+// rows it takes per pass: their packed activations are 12 x rows x K bytes (6 MiB at 256 x 4096; the kernel's fp32
+// sums of a superblock, 240 x rows x 4 bytes, stay in L2).
+constexpr int64_t kWideGrainRows = 240, kWideMaxRows = 256;
+
+// The calling thread's buffer for the packed activations, grown as needed and kept: a fresh allocation of that size
+// on every call would be mapped anew and page-faulted in on every call.
+uint8_t* wide_workspace(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+}
 
 // The large-M bf16 kernel (sparse24_cpu_wide.h) instead of decompressed tiles: bf16 values stored as such (not
 // unpacked from 2:4 + int4), a level that has it, and not switched off by SLIMFORMER_SPARSE24_WIDE=0 (which the
@@ -163,26 +173,31 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
       });
     });
   } else if (wide) {
-    // both operands bf16, many rows: the activations packed once in their 6 pairings, then the output rows in
-    // superblocks (sparse24_cpu_wide.h)
+    // both operands bf16, many rows: per chunk of at most kWideMaxRows activation rows, the activations packed once
+    // in their 6 pairings (into this thread's workspace), then the output rows in superblocks (sparse24_cpu_wide.h).
+    // The kernel writes bf16 (x's dtype) and adds the bias in fp32 before that rounding.
     const at::Tensor xin = x.reshape({M, K}).contiguous();
-    const int64_t KBn = wide_k_blocks(K);
-    at::Tensor packed = at::empty({KBn * wide_row_blocks(M) * kWideBlockBytes + 64}, x.options().dtype(at::kByte));
-    uint8_t* pk = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) & ~uintptr_t{63});
     const uint16_t* xb = reinterpret_cast<const uint16_t*>(xin.data_ptr());
-    at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) { kern.pack_wide_bf16(xb, M, K, pk, kb0, kb1); });
-    // the kernel writes bf16 (x's dtype) and adds the bias in fp32 before that rounding
     y = at::empty({M, N}, x.options());
+    uint16_t* yb = reinterpret_cast<uint16_t*>(y.data_ptr());
     at::Tensor b32;
     if (bias.has_value() && bias->defined()) b32 = bias->to(at::kFloat).contiguous();
     std::vector<uint8_t> unused;  // PlainValues' rows are the tensors themselves
     const RowBlock rb = vals.rows(0, N, unused);
-    GemmArgs args{M, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, nullptr};
-    args.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
-    args.yb = reinterpret_cast<uint16_t*>(y.data_ptr());
-    at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
-      if (!kern.gemm_wide_bf16(args, pk, n0, n1)) ok = false;
-    });
+    const int64_t KBn = wide_k_blocks(K);
+    for (int64_t m0 = 0; m0 < M && ok; m0 += kWideMaxRows) {
+      const int64_t rows = std::min(kWideMaxRows, M - m0);
+      uint8_t* pk = wide_workspace(static_cast<size_t>(KBn * wide_row_blocks(rows) * kWideBlockBytes));
+      at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) {
+        kern.pack_wide_bf16(xb + m0 * K, rows, K, pk, kb0, kb1);
+      });
+      GemmArgs args{rows, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, nullptr};
+      args.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
+      args.yb = yb + m0 * N;
+      at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
+        if (!kern.gemm_wide_bf16(args, pk, n0, n1)) ok = false;
+      });
+    }
     TORCH_CHECK(ok.load(), bad_message);
     return y.view(output_shape(x, N));
   } else {
