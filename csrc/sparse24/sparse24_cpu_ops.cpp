@@ -1,5 +1,6 @@
-// CPU implementation of slimformer::sparse24_gemm: argument checks, the choice between the sparse small-M kernel
-// and decompressed tiles + the dense GEMM, and threading through ATen's parallel_for (torch.set_num_threads governs).
+// CPU implementation of slimformer::sparse24_gemm: argument checks, the choice between the sparse small-M kernel,
+// the large-M bf16 kernel and decompressed tiles + the dense GEMM, and threading through ATen's parallel_for
+// (torch.set_num_threads governs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
