@@ -209,7 +209,8 @@ int main(int argc, char** argv) {
       const double bytes = kind == kWidePack ? 0.0
                            : int4          ? double(T) * TB + 3.0 * N * G
                                 : double(N) * (K / 2) * (kind == kF32 ? 4 : 2) + double(N) * KB;
-      const double gbs = bytes / (ms * 1e-3) / 1e9, gflops = kind == kWidePack ? 0.0 : 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      const double gflops = kind == kWidePack ? 0.0 : 2.0 * M * N * (K / 2) / (ms * 1e-3) / 1e9;
       if (o.json)
         std::printf("{\"path\": \"%s\", \"k\": %lld, \"n\": %lld, \"m\": %lld, \"us_per_layer\": %.1f, "
                     "\"gb_per_s\": %.2f, \"gflop_per_s\": %.2f}\n",

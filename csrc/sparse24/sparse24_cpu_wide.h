@@ -34,6 +34,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_kernel_util.h"
 #include "sparse24/sparse24_cpu.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
@@ -144,10 +145,11 @@ inline bool gemm_wide_bf16(const GemmArgs& a, const uint8_t* packed, int64_t n0,
       const int64_t mask_bytes = (4 * ng + 7) / 8;
       // the tail block's padding groups (past K/4, possibly a real byte's high nibble) count as valid: columns 0, 1
       const uint64_t keep = ng == kWideGroups ? ~uint64_t{0} : (uint64_t{1} << (4 * ng)) - 1;
-      for (int64_t mt = 0; mt < MB; mt += kWideTileMB) {
-        const uint8_t* act[kWideTileMB];
-        for (int m = 0; m < kWideTileMB; ++m)
-          act[m] = packed + (kb * MB + std::min(mt + m, MB - 1)) * kWideBlockBytes;
+      // tiles of kWideTileMB row blocks, the last one of what is left (its count a compile-time constant)
+      cpu::SF_ISA_NS::for_row_blocks<kWideTileMB>(MB, [&](auto rm, int64_t mt) {
+        constexpr int RM = decltype(rm)::value;
+        const uint8_t* act[RM];
+        for (int m = 0; m < RM; ++m) act[m] = packed + (kb * MB + mt + m) * kWideBlockBytes;
         for (int64_t n = s0; n < s1; n += kWideTileN) {
           const uint16_t* vals[kWideTileN];
           uint64_t bits[kWideTileN];
@@ -167,15 +169,9 @@ inline bool gemm_wide_bf16(const GemmArgs& a, const uint8_t* packed, int64_t n0,
               }
             }
           }
-          float* c = cbuf + (n - s0) * ldc + 16 * mt;
-          switch (std::min<int64_t>(kWideTileMB, MB - mt)) {
-            case 1: wide_tile<1, kWideTileN>(act, vals, bits, ng, c, ldc, kb == 0); break;
-            case 2: wide_tile<2, kWideTileN>(act, vals, bits, ng, c, ldc, kb == 0); break;
-            case 3: wide_tile<3, kWideTileN>(act, vals, bits, ng, c, ldc, kb == 0); break;
-            default: wide_tile<4, kWideTileN>(act, vals, bits, ng, c, ldc, kb == 0); break;
-          }
+          wide_tile<RM, kWideTileN>(act, vals, bits, ng, cbuf + (n - s0) * ldc + 16 * mt, ldc, kb == 0);
         }
-      }
+      });
     }
     // y[m, s0:s1) = column m of the sums (+ bias), 16 output rows a gather
     const __m512i stride = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/cpu_kernel_util.h"
 #include "tokens/tokens_cpu.h"
 
 namespace slimformer {
@@ -242,18 +243,9 @@ inline void wpr_sequence(const float* attn, int64_t N, int64_t ld, float* s, flo
   constexpr int L = V::L, kStrip = 8;
   const int64_t vecs = N / L;
   for (int64_t it = 0; it < iterations; ++it) {
-    int64_t v = 0;
-    for (; v + kStrip <= vecs; v += kStrip) wpr_strip<kStrip>(attn, N, ld, s, t, v * L);
-    switch (vecs - v) {
-      case 7: wpr_strip<7>(attn, N, ld, s, t, v * L); break;
-      case 6: wpr_strip<6>(attn, N, ld, s, t, v * L); break;
-      case 5: wpr_strip<5>(attn, N, ld, s, t, v * L); break;
-      case 4: wpr_strip<4>(attn, N, ld, s, t, v * L); break;
-      case 3: wpr_strip<3>(attn, N, ld, s, t, v * L); break;
-      case 2: wpr_strip<2>(attn, N, ld, s, t, v * L); break;
-      case 1: wpr_strip<1>(attn, N, ld, s, t, v * L); break;
-      default: break;
-    }
+    // strips of kStrip vectors, the last one of what is left (its vector count a compile-time constant)
+    cpu::SF_ISA_NS::for_row_blocks<kStrip>(
+        vecs, [&](auto c, int64_t v0) { wpr_strip<decltype(c)::value>(attn, N, ld, s, t, v0 * L); });
     for (int64_t j = vecs * L; j < N; ++j) {  // the last N % L columns
       float acc = 0.f;
       for (int64_t i = 0; i < N; ++i) acc += s[i] * attn[i * ld + j];
