@@ -1,8 +1,9 @@
 """Token pruning speed on this CPU: the fused token-pruned attention kernel against torch SDPA, and whole encoders.
 
 1. Attention alone, q/k/v [32, N, H, 64] fp32: torch.nn.functional.scaled_dot_product_attention against
-   slimformer's kernel giving the output and per-head importance, the output plus the head-averaged matrix, and the
-   statistics-only pass (no output), alternating repeats, medians.
+   slimformer's kernel giving the output and per-head importance, the output plus the head-averaged matrix, the
+   output plus Zero-TPrune's head-filtered mean (the pass its pruning layers run), and the statistics-only pass (no
+   output), alternating repeats, medians.
 2. DeiT-S- and ViT-B-shaped encoders (transformers ViTModel built from configs, random weights: speed does not depend
    on them), fp32, batch 32 of 224 x 224 images (197 tokens): the unpruned model against each method at a FLOP
    target (default 0.653: DeiT-S's 34.7% cut) with a constant r at every layer and, as a second schedule, at every
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import slimformer  # noqa: E402
 from bench_gptq import _cpu_name  # noqa: E402
 from slimformer.demo import time_ms as median_ms  # noqa: E402
-from slimformer.tokens.attention import attention  # noqa: E402
+from slimformer.tokens.attention import attention, attention_head_filtered  # noqa: E402
 
 SHAPES = {"deit-s": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
           "vit-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
@@ -48,6 +49,7 @@ def bench_attention(tokens: list[int], heads: int, batch: int, reps: int, repeat
         fns = {"sdpa": lambda: F.scaled_dot_product_attention(qt, kt, vt),
                "fused: out + importance": lambda: attention(q, k, v),
                "fused: out + importance + head mean": lambda: attention(q, k, v, need_probs=True),
+               "fused: out + importance + head-filtered mean": lambda: attention_head_filtered(q, k, v),
                "fused: statistics only (no out)": lambda: attention(q, k, v, head_weights=w, need_out=False,
                                                                     need_probs=True)}
         got = {name: [] for name in fns}

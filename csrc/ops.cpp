@@ -52,6 +52,13 @@ TORCH_LIBRARY(slimformer, m) {
   m.def(
       "token_attention(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tensor? keep, Tensor? head_weights, "
       "bool need_out, bool need_probs) -> (Tensor, Tensor, Tensor)");
+  // Zero-TPrune's attention pass: token_attention's out and per-head importance, the head filter on that importance
+  // (per sequence, the heads whose variance of received attention over the real tokens lies within the [low, high]
+  // quantiles: slimformer.tokens.algorithms.head_filter) and the mean of the kept heads' probabilities, in one pass.
+  // Returns (out [B, N', H, D], importance [B, H, N'], probs [B, N', N'], head weights [B, H] in {0, 1}) (CPU).
+  m.def(
+      "token_attention_head_filtered(Tensor q, Tensor k, Tensor v, Tensor? key_bias, Tensor? keep, float low, "
+      "float high) -> (Tensor, Tensor, Tensor, Tensor)");
   // Zero-TPrune's weighted PageRank: `iterations` times s <- attn^T s per sequence, attn float32 [B, N, N] (rows:
   // queries; row stride free), s float32 [B, N] the start; returns the result (CPU; csrc/tokens/tokens_cpu.h).
   m.def("wpr(Tensor attn, Tensor s, int iterations) -> Tensor");

@@ -124,3 +124,62 @@ def test_opcheck_and_compile():
     got = fn(q, k, v)
     want = attention(q, k, v, need_probs=True)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("N,H,D", [(1, 3, 8), (7, 6, 64), (197, 6, 64), (64, 12, 32), (33, 5, 40)])
+@pytest.mark.parametrize("bias_kind", [None, "mask", "both"])
+@pytest.mark.parametrize("with_keep", [False, True])
+@pytest.mark.parametrize("band", [(0.0, 0.75), (0.25, 0.6), (0.0, 1.0)])
+def test_head_filtered_pass_matches_reference(tokens_isa, N, H, D, bias_kind, with_keep, band):
+    """Zero-TPrune's one-call pass (slimformer::token_attention_head_filtered): out and importance as
+    token_attention's, the head weights exactly A.head_filter's on that importance (and the float64 reference's),
+    the mean of the kept heads' probabilities; the two-pass fallback off the CPU gives the same."""
+    from slimformer.tokens import algorithms as A
+    from slimformer.tokens.attention import (_head_filtered_two_pass, attention_head_filtered,
+                                             attention_head_filtered_reference)
+    B = 3
+    q, k, v = _inputs(B, N, H, D, seed=2 * N + H, strided=(H == 5))
+    q = q * 2  # peakier rows: the heads' variances spread out
+    bias = _bias(B, N, bias_kind)
+    keep = None
+    if with_keep and N > 1:
+        g = torch.Generator().manual_seed(3)
+        n = max(1, (3 * N) // 4)
+        keep = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long),
+                                       1 + torch.randperm(N - 1, generator=g)[:n - 1].sort().values])
+                            for _ in range(B)])
+    lo, hi = band
+    out, imp, probs, w = attention_head_filtered(q, k, v, bias, keep, lo, hi)
+    rout, rimp, rprobs, rw = attention_head_filtered_reference(
+        q.double(), k.double(), v.double(), None if bias is None else bias.double(), keep, lo, hi)
+    n = N if keep is None else keep.shape[1]
+    assert out.shape == (B, n, H, D) and imp.shape == (B, H, n) and probs.shape == (B, n, n) and w.shape == (B, H)
+    assert rel_err(out, rout) <= 1e-5
+    assert ((imp.double() - rimp).abs() <= 1e-5 * rimp.abs().clamp_min(1)).all()
+    real = None if bias is None else ~torch.isneginf(bias if keep is None else bias.gather(1, keep))
+    assert torch.equal(w, A.head_filter(imp, real, lo, hi))
+    assert torch.equal(w.double(), rw)
+    assert w.sum(1).min() >= 1
+    assert (probs.double() - rprobs).abs().max() <= 1e-6
+    two = _head_filtered_two_pass(q, k, v, bias, keep, lo, hi)
+    assert torch.equal(two[3], w) and (two[2] - probs).abs().max() <= 1e-6
+
+
+def test_head_filtered_pass_bad_input_and_opcheck():
+    from slimformer.tokens.attention import attention_head_filtered
+    filtered = torch.ops.slimformer.token_attention_head_filtered
+    q, k, v = _inputs(2, 9, 3, 8)
+    with pytest.raises(RuntimeError, match="0 <= low <= high <= 1"):
+        filtered(q, k, v, None, None, 0.8, 0.5)
+    with pytest.raises(ValueError, match="0 <= low <= high <= 1"):
+        attention_head_filtered(q, k, v, low=-0.1)
+    with pytest.raises(RuntimeError, match="float32"):
+        filtered(q.double(), k.double(), v.double(), None, None, 0.0, 0.75)
+    with pytest.raises(RuntimeError, match="key_bias must be float32"):
+        filtered(q, k, v, torch.zeros(2, 4), None, 0.0, 0.75)
+    q65 = torch.randn(1, 3, 65, 4)
+    with pytest.raises(RuntimeError, match="at most 64 heads"):
+        filtered(q65, q65, q65, None, None, 0.0, 0.75)
+    keep = torch.tensor([[0, 2, 3, 8], [0, 1, 5, 6]])
+    for args in [(q, k, v, None, None, 0.0, 0.75), (q, k, v, _bias(2, 9, "both"), keep, 0.25, 0.6)]:
+        torch.library.opcheck(filtered.default, args)

@@ -403,8 +403,8 @@ def test_bad_input_is_a_clear_error():
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_layer_statistics_from_the_kernel_equal_the_definitions(padded):
-    # what the patched layer hands the selection (per-head received attention, the class token's row, the
-    # head-filtered mean built from the all-heads mean minus the dropped heads) against eager probabilities
+    # what the patched layer hands the selection (per-head received attention, the class token's row, the mean of
+    # the heads Zero-TPrune's filter keeps, from the one-call head-filtered pass) against eager probabilities
     B, N, H, D = 3, 17, 6, 8
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(B, N, H, D, generator=g) for _ in range(3))

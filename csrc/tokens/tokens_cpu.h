@@ -43,13 +43,20 @@ inline size_t scratch_floats(const AttnArgs& a) {
   return static_cast<size_t>(a.D * nkp + a.NK * dp + 3 * nkp + kRowBlock * nkp + kRowBlock * dp);
 }
 
+// Heads the head-filtered attention (weighted_head_sum) takes at most.
+constexpr int64_t kMaxFilterHeads = 64;
+
 struct CpuKernels {
-  // importance: [padded(NK)] (+=), probs: [NK, padded(NK)] (+= weight x P) or null; out written if need_out.
+  // importance: [padded(NK)] (+=), probs: [NK, padded(NK)] (+= weight x P, or = P with store_probs) or null; out
+  // written if need_out.
   void (*attention_head)(const AttnArgs& a, int64_t b, int64_t h, float* importance, float* probs, float weight,
-                         bool need_out, float* scratch);
+                         bool store_probs, bool need_out, float* scratch);
   // WPR: `iterations` times s <- attn^T s for one sequence's attn [N, N] (row stride ld), s [N] in place, t [N]
   // scratch.
   void (*wpr_sequence)(const float* attn, int64_t N, int64_t ld, float* s, float* t, int64_t iterations);
+  // out [NK, NK] = sum_h w[h] x (head h's probabilities [NK, ld] at slabs + h * slab_stride); H <= kMaxFilterHeads.
+  void (*weighted_head_sum)(const float* slabs, int64_t H, int64_t slab_stride, const float* w, int64_t NK, int64_t ld,
+                            float* out);
 };
 
 const CpuKernels& cpu_kernels_scalar();

@@ -124,8 +124,9 @@ inline void scores(const Head& c, int64_t i0) {
   }
 }
 
-// Row r of c.s: scores -> probabilities; importance and probs accumulated for query i.
-inline void softmax_row(const Head& c, int r, int64_t i, float* importance, float* probs, float weight) {
+// Row r of c.s: scores -> probabilities; importance accumulated for query i, and probs row i either accumulated
+// (+= weight x P) or, with store, overwritten by P (its padding columns too: zeros).
+inline void softmax_row(const Head& c, int r, int64_t i, float* importance, float* probs, float weight, bool store) {
   float* s = c.s + r * c.nkp;
   F m = V::load(s);
   for (int64_t j = V::L; j < c.nkp; j += V::L) m = V::max(m, V::load(s + j));
@@ -144,7 +145,8 @@ inline void softmax_row(const Head& c, int r, int64_t i, float* importance, floa
     const F p = V::mul(V::load(s + j), inv);
     V::store(s + j, p);
     if (real_query) V::store(importance + j, V::add(V::load(importance + j), p));
-    if (probs != nullptr) V::store(probs + i * c.nkp + j, V::fma(p, wv, V::load(probs + i * c.nkp + j)));
+    if (probs != nullptr)
+      V::store(probs + i * c.nkp + j, store ? p : V::fma(p, wv, V::load(probs + i * c.nkp + j)));
   }
 }
 
@@ -190,7 +192,7 @@ inline void pv(const Head& c, int64_t i0, float* tmp) {
 }
 
 inline void attention_head(const AttnArgs& a, int64_t b, int64_t h, float* importance, float* probs, float weight,
-                           bool need_out, float* scratch) {
+                           bool store_probs, bool need_out, float* scratch) {
   const int64_t nkp = padded(a.NK), dp = padded(a.D);
   float* p = scratch;
   Head c{a, b, h, nkp, dp, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -211,12 +213,12 @@ inline void attention_head(const AttnArgs& a, int64_t b, int64_t h, float* impor
   int64_t i = 0;
   for (; i + MR <= a.NK; i += MR) {
     scores<MR>(c, i);
-    for (int r = 0; r < MR; ++r) softmax_row(c, r, i + r, importance, probs, weight);
+    for (int r = 0; r < MR; ++r) softmax_row(c, r, i + r, importance, probs, weight, store_probs);
     if (need_out) pv<MR>(c, i, tmp);
   }
   for (; i < a.NK; ++i) {
     scores<1>(c, i);
-    softmax_row(c, 0, i, importance, probs, weight);
+    softmax_row(c, 0, i, importance, probs, weight, store_probs);
     if (need_out) pv<1>(c, i, tmp);
   }
 }
@@ -255,7 +257,37 @@ inline void wpr_sequence(const float* attn, int64_t N, int64_t ld, float* s, flo
   }
 }
 
-inline CpuKernels kernels() { return CpuKernels{&attention_head, &wpr_sequence}; }
+// out [NK, NK] (row stride NK) = sum over heads h of w[h] x P_h, P_h the head's probabilities [NK, ld] at
+// slabs + h * slab_stride; heads of weight 0 are not read.
+inline void weighted_head_sum(const float* slabs, int64_t H, int64_t slab_stride, const float* w, int64_t NK,
+                              int64_t ld, float* out) {
+  constexpr int L = V::L;
+  int64_t heads[kMaxFilterHeads];
+  float weights[kMaxFilterHeads];
+  int n = 0;
+  for (int64_t h = 0; h < H && n < kMaxFilterHeads; ++h)
+    if (w[h] != 0.f) {
+      heads[n] = h;
+      weights[n++] = w[h];
+    }
+  for (int64_t i = 0; i < NK; ++i) {
+    float* o = out + i * NK;
+    int64_t j = 0;
+    for (; j + L <= NK; j += L) {
+      F acc = V::zero();
+      for (int u = 0; u < n; ++u)
+        acc = V::fma(V::set1(weights[u]), V::load(slabs + heads[u] * slab_stride + i * ld + j), acc);
+      V::store(o + j, acc);
+    }
+    for (; j < NK; ++j) {
+      float acc = 0.f;
+      for (int u = 0; u < n; ++u) acc += weights[u] * slabs[heads[u] * slab_stride + i * ld + j];
+      o[j] = acc;
+    }
+  }
+}
+
+inline CpuKernels kernels() { return CpuKernels{&attention_head, &wpr_sequence, &weighted_head_sum}; }
 
 }  // namespace SF_ISA_NS
 }  // namespace tokens

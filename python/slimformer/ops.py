@@ -76,6 +76,13 @@ if HAS_NATIVE:
         return (q.new_empty((B, n, H, D)) if need_out else q.new_empty((0,)), q.new_empty((B, H, n)),
                 q.new_empty((B, n, n)) if need_probs else q.new_empty((0,)))
 
+    @torch.library.register_fake("slimformer::token_attention_head_filtered")
+    def _token_attention_head_filtered_fake(q, k, v, key_bias, keep, low, high):
+        _same_device(q=q, k=k, v=v, key_bias=key_bias, keep=keep)
+        B, N, H, D = q.shape
+        n = keep.shape[1] if keep is not None else N
+        return q.new_empty((B, n, H, D)), q.new_empty((B, H, n)), q.new_empty((B, n, n)), q.new_empty((B, H))
+
     @torch.library.register_fake("slimformer::wpr")
     def _wpr_fake(attn, s, iterations):
         _same_device(attn=attn, s=s)
