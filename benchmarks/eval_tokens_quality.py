@@ -43,6 +43,8 @@ METHODS = {  # label -> config fields
     "attention (class token)": dict(method="attention", attention_from="cls"),
     "ToMe (keys)": dict(method="tome"),
     "ToMe (hidden states)": dict(method="tome", similarity="hidden"),
+    "ToMe (keys), greedy matching": dict(method="tome", matching="greedy"),
+    "ToMe (hidden states), greedy matching": dict(method="tome", similarity="hidden", matching="greedy"),
     "Zero-TPrune (keys)": dict(method="zero-tprune"),
     "Zero-TPrune (hidden states)": dict(method="zero-tprune", similarity="hidden"),
     # the staged schedule bench_tokens.py also times: the same FLOPs removed in every third layer only

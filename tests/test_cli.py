@@ -163,7 +163,8 @@ def test_token_pruning_bench_and_eval(workspace, capsys):
                      "2", "--seqlen", "32", "--batch", "2"]) == 0
     assert "tome (FLOPs 0.65, every 2 layers)" in capsys.readouterr().out
     assert cli.main(["eval", str(workspace / "bert"), "--text", str(workspace / "text.txt"), "--prune-tokens", "tome",
-                     "--r", "2", "--similarity", "hidden"]) == 0
+                     "--r", "2", "--similarity", "hidden", "--matching", "greedy"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["reference"] == str(workspace / "bert") and result["token_pruning"]["method"] == "tome"
+    assert result["token_pruning"]["matching"] == "greedy"
     assert 0.0 < result["mean_cosine"] <= 1.0001

@@ -30,6 +30,16 @@ def _cos(a, b):
     return float((a @ b) / (a.norm() * b.norm()))
 
 
+# every method, and ToMe with its greedy matching as one more
+VARIANTS = list(P.METHODS) + ["tome-greedy"]
+
+
+def _cfg(variant, **fields):
+    if variant == "tome-greedy":
+        return slimformer.TokenPruneConfig(method="tome", matching="greedy", **fields)
+    return slimformer.TokenPruneConfig(method=variant, **fields)
+
+
 # ------------------------------------------------------------------------------------------------ the equations
 
 def test_attention_received_is_the_column_sum_over_real_queries_and_heads():
@@ -194,6 +204,44 @@ def test_tome_bipartite_soft_matching_and_size_weighted_merge():
             assert kept[sel.target[b, i]] == best[i][1]
 
 
+@pytest.mark.parametrize("N,r,protected", [(12, 5, 1), (9, 4, 1), (30, 14, 2), (7, 3, 1)])
+def test_tome_greedy_matching_is_the_most_similar_pairs_first(N, r, protected):
+    """matching="greedy": r times the most similar pair (i, j), i neither merged away nor a destination, j not merged
+    away (lowest (i, j) on a tie), i into j; then the size-weighted merge. A plain loop over the pairs in float64."""
+    B, C = 3, 5
+    met = _metric(B, N, C, seed=N + r)
+    x = torch.randn(B, N, C, dtype=torch.float64)
+    size = torch.rand(B, N, dtype=torch.float64) + 0.5
+    sel = A.tome(met, r, protected=protected, matching="greedy")
+    x2, size2 = A.merge_tokens(x, size, sel)
+    for b in range(B):
+        src, dst, into = set(), set(), {}
+        for _ in range(r):
+            best = None
+            for i in range(protected, N):
+                if i in src or i in dst:
+                    continue
+                for j in range(protected, N):
+                    if j != i and j not in src:
+                        s = _cos(met[b, min(i, j)], met[b, max(i, j)])  # one value for (i, j) and (j, i)
+                        if best is None or s > best[0]:
+                            best = (s, i, j)
+            _, i, j = best
+            src.add(i)
+            dst.add(j)
+            into[i] = j
+        kept = [t for t in range(N) if t not in src]
+        assert sel.keep[b].tolist() == kept
+        for k, t in enumerate(kept):
+            group = [t] + [i for i in src if into[i] == t]
+            w = sum(size[b, i] for i in group)
+            assert torch.allclose(x2[b, k], sum(size[b, i] * x[b, i] for i in group) / w)
+            assert torch.isclose(size2[b, k], w)
+        assert all(kept[sel.target[b, i]] == into[i] for i in src)
+    with pytest.raises(ValueError, match="at most"):
+        A.tome(met, (N - protected) // 2 + 1, protected=protected, matching="greedy")
+
+
 def test_dropping_gathers_and_hands_the_sizes_to_the_representatives():
     met = _metric(1, 8)
     x = torch.randn(1, 8, 5, dtype=torch.float64)
@@ -205,7 +253,7 @@ def test_dropping_gathers_and_hands_the_sizes_to_the_representatives():
 
 # ------------------------------------------------------------------------------ padding and the class token
 
-@pytest.mark.parametrize("method", P.METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 @pytest.mark.parametrize("r", [1, 3, 5])  # ToMe merges at most half the unprotected tokens: (12 - 1) // 2
 def test_pads_go_first_and_the_class_token_stays(method, r):
     B, H, N = 4, 3, 12
@@ -215,7 +263,7 @@ def test_pads_go_first_and_the_class_token_stays(method, r):
     valid[3, 1:] = False   # only the class token is real
     p = _probs(B, H, N, valid)
     metric = torch.randn(B, N, 8, dtype=torch.float64)
-    cfg = P.TokenPruneConfig(method=method, r=r, iterations=5)
+    cfg = _cfg(method, r=r, iterations=5)
     stats = {"importance": A.received_per_head(p, valid), "cls": p[:, :, 0].sum(1),
              "attn": A.head_mean(p, A.head_filter(A.received_per_head(p, valid), valid))}
     sel = P._select(cfg, 0, r, stats, metric, valid, 1, torch.Generator().manual_seed(0))
@@ -306,17 +354,17 @@ def _text_batch():
     return ids, mask
 
 
-@pytest.mark.parametrize("method", P.METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 @pytest.mark.parametrize("similarity", ["keys", "hidden"])
 def test_bert_unpruned_exact_and_restore(method, similarity):
     m = _bert()
     ids, mask = _text_batch()
     with torch.no_grad():
         ref = m(input_ids=ids, attention_mask=mask).last_hidden_state
-        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=0))
+        slimformer.prune_tokens(m, _cfg(method, r=0))
         same = m(input_ids=ids, attention_mask=mask).last_hidden_state
         assert (same - ref)[mask.bool()].abs().max() < 1e-5
-        slimformer.prune_tokens(m, slimformer.TokenPruneConfig(method=method, r=3, similarity=similarity))
+        slimformer.prune_tokens(m, _cfg(method, r=3, similarity=similarity))
         out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         assert out.last_hidden_state.shape == ref.shape and len(out.hidden_states) == 5
         assert all(h.shape == ref.shape for h in out.hidden_states)
@@ -399,6 +447,10 @@ def test_bad_input_is_a_clear_error():
         m(input_ids=ids, output_attentions=True)
     with pytest.raises(ValueError, match="no token pruning"):
         slimformer.token_pruning_report(_bert())
+    with pytest.raises(ValueError, match="matching must be"):
+        slimformer.TokenPruneConfig(method="tome", r=1, matching="optimal")
+    with pytest.raises(ValueError, match="how ToMe pairs"):
+        slimformer.TokenPruneConfig(method="zero-tprune", r=1, matching="greedy")
 
 
 @pytest.mark.parametrize("padded", [False, True])

@@ -141,7 +141,7 @@ def _quantize(args):
 
 
 def _token_config(args):
-    """The TokenPruneConfig of --prune-tokens / --keep / --r / --similarity, or None."""
+    """The TokenPruneConfig of --prune-tokens / --keep / --r / --similarity / --matching, or None."""
     if args.prune_tokens is None:
         if args.keep is not None or args.r is not None:
             raise CliError("--keep and --r set how much --prune-tokens removes: pass --prune-tokens METHOD too")
@@ -154,7 +154,10 @@ def _token_config(args):
                        "every layer")
     amount = {"r": args.r} if args.r is not None else {"flops": 0.65 if args.keep is None else args.keep,
                                                         "every": args.prune_every}
-    return slimformer.TokenPruneConfig(method=args.prune_tokens, similarity=args.similarity, **amount)
+    if args.matching != "bipartite" and args.prune_tokens != "tome":
+        raise CliError("--matching chooses how ToMe pairs the tokens it merges: it needs --prune-tokens tome")
+    return slimformer.TokenPruneConfig(method=args.prune_tokens, similarity=args.similarity, matching=args.matching,
+                                       **amount)
 
 
 def _prune_tokens(model, cfg, path):
@@ -177,7 +180,8 @@ def _eval(args):
     if tokens_cfg is not None:
         _prune_tokens(model, tokens_cfg, args.model_dir)
         result["token_pruning"] = {"method": tokens_cfg.method, "flops": tokens_cfg.flops, "r": tokens_cfg.r,
-                                   "every": tokens_cfg.every, "similarity": tokens_cfg.similarity}
+                                   "every": tokens_cfg.every, "similarity": tokens_cfg.similarity,
+                                   "matching": tokens_cfg.matching}
         if args.reference is None:
             args.reference = args.model_dir  # against the same model unpruned
     if ev.is_causal_lm(model.config):
@@ -279,6 +283,9 @@ def _token_args(p):
                    help="with --prune-tokens --keep: cut only every K-th layer (fewer, larger cuts; default 1: all)")
     p.add_argument("--similarity", choices=["keys", "hidden"], default="keys",
                    help="with --prune-tokens: what ToMe / Zero-TPrune compare (default keys, as the papers)")
+    p.add_argument("--matching", choices=["bipartite", "greedy"], default="bipartite",
+                   help="with --prune-tokens tome: pairs across ToMe's alternating split (default, as the paper) or "
+                        "chosen greedily (better sentence embeddings on MiniLM)")
 
 
 def _calibration_args(p, calib_help: str):

@@ -217,10 +217,15 @@ def zero_tprune(attn: torch.Tensor, metric: torch.Tensor, r: int, protected: int
     return Selection(keep, _target_by_similarity(keep, m, inv))
 
 
-def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
+def tome(metric: torch.Tensor, r: int, protected: int = 1, matching: str = "bipartite") -> Selection:
     """ToMe's bipartite soft matching (no padding; see select): tokens alternate between sets A (even positions) and
     B (odd); each A token's best match in B by cosine similarity; the r A tokens with the best matches are merged
-    into them (merge=True: size-weighted means, merge_tokens). Protected tokens neither merge nor absorb."""
+    into them (merge=True: size-weighted means, merge_tokens). Protected tokens neither merge nor absorb.
+    matching="greedy": the sets are not fixed in advance (greedy_matching)."""
+    if matching == "greedy":
+        return greedy_matching(metric, r, protected)
+    if matching != "bipartite":
+        raise ValueError(f"matching must be 'bipartite' or 'greedy', got {matching!r}")
     B, N, _ = metric.shape
     m = metric.float()
     inv = _inv_norms(m)
@@ -241,6 +246,48 @@ def tome(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
     dst_pos = b_pos[match.gather(1, src)]
     target = index_in_keep.scatter(1, a_pos[src], index_in_keep.gather(1, dst_pos))
     return Selection(keep, target, merge=True)
+
+
+def greedy_matching(metric: torch.Tensor, r: int, protected: int = 1) -> Selection:
+    """ToMe's merge with the pairs chosen greedily instead of across a fixed alternating split (no padding; see
+    select): r times, the most similar pair (i, j) by cosine similarity such that i has neither been merged away nor
+    absorbed anything and j has not been merged away; i merges into j. The similarities are those of the layer's
+    tokens (not recomputed after a merge), a token may absorb several others but never merges on itself once it has
+    absorbed one, so every removed token maps straight to a kept one. Protected tokens neither merge nor absorb; at
+    most half of the unprotected tokens go (ToMe's cap). Ties go to the lowest (i, j), so of two fresh tokens the
+    earlier merges into the later (the merged state is the same either way). On all-MiniLM-L6-v2 sentence
+    embeddings it loses less than the alternating split at every FLOP target (benchmarks/README.md): neighbouring
+    sub-word tokens of text need not alternate."""
+    B, N, _ = metric.shape
+    if r > (N - protected) // 2:
+        raise ValueError(f"ToMe can merge at most {(N - protected) // 2} of {N} tokens per layer, asked for {r}")
+    m = metric.float()
+    inv = _inv_norms(m)
+    sim = _cosine(m, inv, m, inv)
+    sim = sim.add_(sim.transpose(1, 2).clone()).mul_(0.5)  # exactly symmetric: (i, j) and (j, i) tie exactly
+    sim.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    sim[:, :protected, :] = -math.inf
+    sim[:, :, :protected] = -math.inf
+    ar = torch.arange(B, device=metric.device)
+    used = torch.zeros(B, N, dtype=torch.bool, device=metric.device)  # merged away or absorbed: no longer a source
+    used[:, :protected] = True
+    dst_of = torch.arange(N, device=metric.device).expand(B, -1).clone()
+    best, match = sim.max(-1)  # each row's best partner among the allowed columns
+    for _ in range(r):
+        i = best.masked_fill(used, -math.inf).argmax(-1)
+        j = match[ar, i]
+        dst_of[ar, i] = j
+        used[ar, i] = True
+        used[ar, j] = True
+        sim[ar, :, i] = -math.inf  # i is gone: nobody merges into it
+        stale = ((match == i[:, None]) & ~used).nonzero()  # rows still free whose best partner was i
+        if stale.numel():
+            b, row = stale[:, 0], stale[:, 1]
+            best[b, row], match[b, row] = sim[b, row].max(-1)
+    keep = _complement(torch.nonzero(dst_of != torch.arange(N, device=metric.device))[:, 1].view(B, r), N)
+    index_in_keep = torch.full((B, N), -1, dtype=torch.long, device=metric.device)
+    index_in_keep.scatter_(1, keep, torch.arange(N - r, device=metric.device).expand(B, -1))
+    return Selection(keep, index_in_keep.gather(1, dst_of), merge=True)
 
 
 # ------------------------------------------------------------------------------------ padding and the token state

@@ -45,6 +45,8 @@ class TokenPruneConfig:
     compare: "keys" (the layer's keys, heads concatenated: the papers' choice) or "hidden" (the hidden states at the
     pruning point, i.e. exactly what a merge averages; on all-MiniLM-L6-v2 sentence embeddings it is the better one,
     benchmarks/README.md).
+    matching: how ToMe pairs the tokens it merges: "bipartite" (the paper's alternating split) or "greedy" (the most
+    similar pairs first, A.greedy_matching; better on all-MiniLM-L6-v2 sentence embeddings, benchmarks/README.md).
     """
     method: str = "zero-tprune"
     r: int | list[int] | None = None
@@ -58,6 +60,7 @@ class TokenPruneConfig:
     head_quantiles: tuple[float, float] = (0.0, 0.75)
     attention_from: str = "all"
     similarity: str = "keys"
+    matching: str = "bipartite"
     seed: int = 0
 
     def __post_init__(self):
@@ -85,6 +88,10 @@ class TokenPruneConfig:
             raise ValueError(f"protected must be at least 1 (the class token is never removed), got {self.protected}")
         if self.similarity not in ("keys", "hidden"):
             raise ValueError(f"similarity must be 'keys' or 'hidden', got {self.similarity!r}")
+        if self.matching not in ("bipartite", "greedy"):
+            raise ValueError(f"matching must be 'bipartite' or 'greedy', got {self.matching!r}")
+        if self.matching != "bipartite" and self.method != "tome":
+            raise ValueError(f"matching chooses how ToMe pairs the tokens it merges; method is {self.method!r}")
         if self.attention_from not in ("all", "cls"):
             raise ValueError(f"attention_from must be 'all' or 'cls', got {self.attention_from!r}")
         if not 0.0 <= self.similarity_fraction <= 1.0:
@@ -206,7 +213,7 @@ def _select(cfg: TokenPruneConfig, li: int, r: int, stats: dict, metric, valid, 
         return A.drop_by_score(score, r, metric, protected)
 
     if cfg.method == "tome":
-        return A.select(A.tome, r, valid, protected, {"metric": metric})
+        return A.select(A.tome, r, valid, protected, {"metric": metric}, matching=cfg.matching)
     if cfg.method == "random":
         score = torch.rand(metric.shape[0], metric.shape[1], generator=generator).to(metric.device)
         return A.select(by_score, r, valid, protected, {"metric": metric, "score": score})
