@@ -205,12 +205,16 @@ def tokens_speed(name: str) -> str:
     m = d["meta"]
     parts = []
     if "attention" in d:
+        filt = "fused: out + importance + head-filtered mean"  # (runs from 2026-12-01 on)
+        has_filt = any(filt in r for r in d["attention"])
         rows = [[r["tokens"], f"{r['sdpa']:.2f}", f"{r['fused: out + importance']:.2f}",
-                 f"{r['fused: out + importance + head mean']:.2f}", f"{r['fused: statistics only (no out)']:.2f}",
-                 f"{r['fused over sdpa']:.2f}"] for r in d["attention"]]
+                 f"{r['fused: out + importance + head mean']:.2f}"] + ([f"{r.get(filt, float('nan')):.2f}"] if has_filt
+                                                                       else []) +
+                [f"{r['fused: statistics only (no out)']:.2f}", f"{r['fused over sdpa']:.2f}"] for r in d["attention"]]
         parts.append(f"Attention alone, batch {m['batch']}, 6 heads of 64, fp32, ms:\n\n" + table(
-            ["tokens", "torch SDPA", "fused: out + importance", "+ head-averaged matrix", "statistics only",
-             "fused / SDPA"], rows))
+            ["tokens", "torch SDPA", "fused: out + importance", "+ head-averaged matrix"] +
+            (["+ head-filtered mean (Zero-TPrune's pass)"] if has_filt else []) + ["statistics only", "fused / SDPA"],
+            rows))
     rows = []
     for r in d["encoders"]:
         rows.append([r["shape"], r["method"], f"{r['images_per_s']:.1f}", f"{r['speedup']:.2f}",

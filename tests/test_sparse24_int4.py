@@ -13,6 +13,12 @@ from slimformer.sparse24 import format as F
 from slimformer.sparse24.algorithm import sparsegpt
 
 SMALL_M, LARGE_M = "1000000", "1"  # SLIMFORMER_SPARSE24_LARGE_M forcing one path or the other
+TILES = "tiles"  # LARGE_M with the large-M bf16 kernel switched off (SLIMFORMER_SPARSE24_WIDE=0)
+
+
+def use_path(monkeypatch, path):
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", SMALL_M if path == SMALL_M else LARGE_M)
+    monkeypatch.setenv("SLIMFORMER_SPARSE24_WIDE", "0" if path == TILES else "1")
 
 
 def plain_dequantize(layer):
@@ -121,13 +127,13 @@ def run(x, layer):
 
 # K and group sizes the fused bf16 kernel takes (K % 64 == 0, group % 64 == 0: whole and half last blocks, a last
 # group shorter than the others, one group) and ones it leaves to the unpacked route
-@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
 @pytest.mark.parametrize("M", [1, 3, 13, 130])
 @pytest.mark.parametrize("K,gs", [(4, -1), (40, 8), (264, 132), (520, 128), (200, -1), (192, 64), (448, 128),
                                   (640, -1), (256, 256)])
 @pytest.mark.parametrize("N", [1, 67])
 def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, gs, N):
-    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    use_path(monkeypatch, path)
     g = torch.Generator().manual_seed(M + K + N)
     for sdtype, sym in ((torch.float16, True), (torch.bfloat16, False), (torch.float32, False)):
         layer = Sparse24QuantLinear.from_dense(torch.randn(N, K, generator=g), bias=torch.randn(N, generator=g),
@@ -141,6 +147,25 @@ def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, gs,
             assert error(y, x, layer) < tol, (sdtype, xdtype)
 
 
+@pytest.mark.parametrize("M", [16, 48, 130, 300])  # 300: two passes of at most 256 rows
+@pytest.mark.parametrize("K,gs", [(264, 132), (1088, 128)])
+@pytest.mark.parametrize("N", [67, 487])  # 487: superblocks of 240 rows and a tail
+def test_large_m_bf16_kernel_takes_int4(sparse24_isa, monkeypatch, M, K, gs, N):
+    """bf16 activations at large M on a level with the large-M bf16 kernel: the 2:4 + int4 rows unpacked to bf16
+    values a superblock at a time; the same products as the tile route to the bf16 output's rounding."""
+    use_path(monkeypatch, LARGE_M)
+    g = torch.Generator().manual_seed(M + K + N)
+    layer = Sparse24QuantLinear.from_dense(torch.randn(N, K, generator=g), bias=torch.randn(N, generator=g),
+                                           group_size=gs, sym=False)
+    x = torch.randn(M, K, generator=g).bfloat16()
+    y = run(x, layer)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, N)
+    assert error(y, x, layer) < 4e-3
+    use_path(monkeypatch, TILES)
+    y_tiles = run(x, layer)
+    assert ((y.float() - y_tiles.float()).abs() <= 2 ** -7 * y_tiles.float().abs() + 2e-2).all()
+
+
 def test_leading_dimensions_and_module_forward(sparse24_isa):
     layer = Sparse24QuantLinear.from_dense(torch.randn(20, 128), group_size=64)
     x = torch.randn(2, 3, 128)
@@ -150,9 +175,9 @@ def test_leading_dimensions_and_module_forward(sparse24_isa):
     assert layer(torch.randn(0, 128)).shape == (0, 20)
 
 
-@pytest.mark.parametrize("path", [SMALL_M, LARGE_M])
+@pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
 def test_op_bad_input(sparse24_isa, monkeypatch, path):
-    monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", path)
+    use_path(monkeypatch, path)
     layer = Sparse24QuantLinear.from_dense(torch.randn(9, 128), group_size=64)
     t, s, z = layer.tiles, layer.scales, layer.zeros
     op = torch.ops.slimformer.sparse24_int4_gemm

@@ -117,19 +117,14 @@ uint8_t* wide_workspace(size_t bytes) {
   return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
 }
 
-// The large-M bf16 kernel (sparse24_cpu_wide.h) instead of decompressed tiles: bf16 values stored as such (not
-// unpacked from 2:4 + int4), a level that has it, and not switched off by SLIMFORMER_SPARSE24_WIDE=0 (which the
-// tests use to reach the tile route).
-template <class Values>
+// The large-M bf16 kernel (sparse24_cpu_wide.h) instead of decompressed tiles: bf16 values (stored as such, or 2:4 +
+// int4 unpacked to bf16 a superblock of rows at a time), a level that has it, and not switched off by
+// SLIMFORMER_SPARSE24_WIDE=0 (which the tests use to reach the tile route).
 bool use_wide_kernel(const CpuKernels& kern, bool native_bf16) {
-  if constexpr (!std::is_same_v<Values, PlainValues>) {
-    return false;
-  } else {
-    const char* s = std::getenv("SLIMFORMER_SPARSE24_WIDE");
-    if (s != nullptr && std::string(s) != "0" && std::string(s) != "1")
-      TORCH_CHECK(false, "SLIMFORMER_SPARSE24_WIDE must be 0 or 1, got '", s, "'");
-    return native_bf16 && kern.gemm_wide_bf16 != nullptr && (s == nullptr || std::string(s) == "1");
-  }
+  const char* s = std::getenv("SLIMFORMER_SPARSE24_WIDE");
+  if (s != nullptr && std::string(s) != "0" && std::string(s) != "1")
+    TORCH_CHECK(false, "SLIMFORMER_SPARSE24_WIDE must be 0 or 1, got '", s, "'");
+  return native_bf16 && kern.gemm_wide_bf16 != nullptr && (s == nullptr || std::string(s) == "1");
 }
 
 // y [M, N] (fp32, or bf16 from the tile route) + bias, in x's dtype and leading shape
@@ -150,7 +145,7 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
   // Both operands bf16 on a level that multiplies bf16 natively: the bf16 sparse kernel, and bf16 tiles for the
   // dense GEMM. Otherwise fp32 arithmetic (and fp32 tiles, so fp32 values are never rounded).
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
-  const bool wide = use_wide_kernel<Values>(kern, native_bf16);
+  const bool wide = use_wide_kernel(kern, native_bf16);
   if (M < large_m_threshold(native_bf16, wide)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, nullptr, y.data_ptr<float>()};
@@ -183,8 +178,6 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
     uint16_t* yb = reinterpret_cast<uint16_t*>(y.data_ptr());
     at::Tensor b32;
     if (bias.has_value() && bias->defined()) b32 = bias->to(at::kFloat).contiguous();
-    std::vector<uint8_t> unused;  // PlainValues' rows are the tensors themselves
-    const RowBlock rb = vals.rows(0, N, unused);
     const int64_t KBn = wide_k_blocks(K);
     for (int64_t m0 = 0; m0 < M && ok; m0 += kWideMaxRows) {
       const int64_t rows = std::min(kWideMaxRows, M - m0);
@@ -192,11 +185,22 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
       at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) {
         kern.pack_wide_bf16(xb + m0 * K, rows, K, pk, kb0, kb1);
       });
-      GemmArgs args{rows, K, N, nullptr, nullptr, rb.values, true, rb.bitmask, nullptr};
+      GemmArgs args{rows, K, N, nullptr, nullptr, nullptr, true, nullptr, nullptr};
       args.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
       args.yb = yb + m0 * N;
       at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
-        if (!kern.gemm_wide_bf16(args, pk, n0, n1)) ok = false;
+        // a superblock of rows at a time: the tensors themselves (PlainValues), or 2:4 + int4 unpacked to bf16 into
+        // this thread's buffer (~1 MiB at 4096 inputs), which the kernel then reads from cache for every row block
+        thread_local std::vector<uint8_t> buf;
+        GemmArgs a = args;
+        for (int64_t s0 = n0; s0 < n1; s0 += kWideGrainRows) {
+          const int64_t s1 = std::min(n1, s0 + kWideGrainRows);
+          const RowBlock rb = vals.rows(s0, s1, buf);
+          a.values = rb.values;
+          a.bitmask = rb.bitmask;
+          a.row0 = s0;
+          if (!rb.ok || !kern.gemm_wide_bf16(a, pk, s0, s1)) ok = false;
+        }
       });
     }
     TORCH_CHECK(ok.load(), bad_message);
