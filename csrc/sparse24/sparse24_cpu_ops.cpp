@@ -34,6 +34,9 @@ constexpr CpuDispatch<CpuKernels> kCpuKernels{
 // the dense fp32 GEMM). Where the large-M bf16 kernel runs instead of the tiles (sparse24_cpu_wide.h; bf16 values
 // stored as such), it takes over from 32 rows: raw kernels (bench_sparse24_kernel, 2 threads, 8 x 4096x11008, us per
 // layer, sparse kernel / wide kernel): M=8 3322 / 8578, M=16 6826 / 9186, M=32 11000 / 10046, M=48 15449 / 10949.
+// 2:4 + int4 with bf16 activations switches from its fused kernel to the wide one (rows unpacked to bf16) at the same
+// 32 (through the op, 8 x 4096x11008, us per layer, fused / wide / tiles): M=16 5521 / 9843 / 9079, M=24 8336 /
+// 10046 / 11026, M=32 11332 / 10086 / 14723, M=40 14064 / 13746 / 16582, M=128 - / 29049 / 34144.
 // SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for all of them.
 int64_t large_m_threshold(bool native_bf16, bool wide) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
@@ -256,7 +259,7 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
   // the fused kernels, a tile (4 rows) at a time, codes straight into the products: bf16 activations where the CPU
   // multiplies bf16 (below the tile threshold), else fp32 arithmetic below kInt4FusedF32Rows
   const bool fused_bf16 = bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 &&
-                          M < large_m_threshold(true, false);
+                          M < large_m_threshold(true, use_wide_kernel(kern, true));
   const bool fused_f32 = !bf16 && kern.gemm_int4_f32 != nullptr && K % 32 == 0 && gs % 32 == 0 &&
                          M < std::min(kInt4FusedF32Rows, large_m_threshold(false, false));
   if ((fused_bf16 || fused_f32) && q.groups <= kInt4MaxGroups && M > 0) {
