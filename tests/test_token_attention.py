@@ -183,3 +183,5 @@ def test_head_filtered_pass_bad_input_and_opcheck():
     keep = torch.tensor([[0, 2, 3, 8], [0, 1, 5, 6]])
     for args in [(q, k, v, None, None, 0.0, 0.75), (q, k, v, _bias(2, 9, "both"), keep, 0.25, 0.6)]:
         torch.library.opcheck(filtered.default, args)
+    fn = torch.compile(lambda q, k, v: attention_head_filtered(q, k, v), backend="eager", fullgraph=True)
+    assert all(torch.equal(a, b) for a, b in zip(fn(q, k, v), attention_head_filtered(q, k, v)))
