@@ -110,6 +110,7 @@ def test_encoder_gptq_calibrates_on_sentences(workspace, capsys):
      "one of --keep"),
     (["bench", "{ws}/bert", "--prune-tokens", "tome", "--r", "2", "--prune-every", "2"], "--prune-every spreads"),
     (["bench", "{ws}/bert", "--prune-tokens", "tome", "--prune-every", "0"], "every an int >= 1"),
+    (["bench", "{ws}/bert", "--prune-tokens", "zero-tprune", "--matching", "greedy"], "it needs --prune-tokens tome"),
 ])
 def test_cli_errors(workspace, capsys, args, message):
     try:
