@@ -209,11 +209,13 @@ def plot(result: dict, path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label in METHODS:
+    colors = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colors
+    for n, label in enumerate(METHODS):
+        style = dict(color=colors[(2 * n) % 20 + (2 * n) // 20], marker="os^D"[n % 4], label=label)
         rows = [r for r in result["minilm"]["rows"] if r["method"] == label]
-        axes[0].plot([r["flops_fraction"] for r in rows], [r["unseen mean_cosine"] for r in rows], "o-", label=label)
+        axes[0].plot([r["flops_fraction"] for r in rows], [r["unseen mean_cosine"] for r in rows], "-", **style)
         rows = [r for r in result["vit"]["rows"] if r["method"] == label]
-        axes[1].plot([r["flops_fraction"] for r in rows], [r["top1"] for r in rows], "o-", label=label)
+        axes[1].plot([r["flops_fraction"] for r in rows], [r["top1"] for r in rows], "-", **style)
     base = next(r["top1"] for r in result["vit"]["rows"] if r["method"] == "unpruned")
     axes[1].axhline(base, color="k", lw=0.8, ls="--", label="unpruned")
     axes[0].set(xlabel="fraction of the encoder's FLOPs kept", ylabel="mean sentence cosine to unpruned",
