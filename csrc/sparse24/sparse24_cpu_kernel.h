@@ -16,9 +16,9 @@
 // The tail chunk (K not a multiple of KC) runs the same code on zero-padded copies (padding groups get the valid
 // nibble 0b0011, their values and activations are 0).
 //
-// Large M with bf16 activations and values runs the kernel of sparse24_cpu_wide.h (activation rows in the lanes);
-// otherwise (2:4 + int4 with bf16 activations) decompress(): dense fp32/bf16 rows for the dense GEMM (the glue picks
-// the row count, tile by tile).
+// Large M with bf16 activations and bf16 values (stored, or unpacked from 2:4 + int4) runs the kernel of
+// sparse24_cpu_wide.h (activation rows in the lanes); where that kernel is switched off (SLIMFORMER_SPARSE24_WIDE=0)
+// decompress(): dense fp32/bf16 rows for the dense GEMM (the glue picks the row count, tile by tile).
 #pragma once
 #include <cstring>
 

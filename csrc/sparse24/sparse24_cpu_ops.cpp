@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "common/cpu_dispatch.h"

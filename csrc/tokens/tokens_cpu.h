@@ -9,6 +9,7 @@
 // weight = 1 / H or a head filter's normalized weight). The N x N probabilities of a head live only in a row block
 // of scratch: they are never written out.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -27,7 +28,15 @@ struct AttnArgs {
   const float* key_bias;        // [B, N], or null
   float scale;
   float* out;  // [B, NK, H, D] contiguous
+
+  // the token that takes part as sequence b's i-th
+  int64_t token(int64_t b, int64_t i) const { return keep != nullptr ? keep[b * NK + i] : i; }
+  // that token's key bias (0 without one)
+  float bias(int64_t b, int64_t i) const { return key_bias != nullptr ? key_bias[b * N + token(b, i)] : 0.f; }
 };
+
+// A key bias of -inf masks its token: a pad, neither attended to nor counted as a query.
+inline bool masks_token(float bias) { return std::isinf(bias) && bias < 0; }
 
 // Rows of the padded accumulators: NK rounded up to kPad (every ISA's vector length divides it).
 constexpr int64_t kPad = 16;

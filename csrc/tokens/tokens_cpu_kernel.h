@@ -57,7 +57,7 @@ struct Head {
   float* neg;   // [nkp]
   float* s;     // [MR, nkp]: scores, then probabilities
 
-  int64_t token(int64_t i) const { return a.keep != nullptr ? a.keep[b * a.NK + i] : i; }
+  int64_t token(int64_t i) const { return a.token(b, i); }
   const float* qrow(int64_t i) const { return a.q + b * a.qs[0] + token(i) * a.qs[1] + h * a.qs[2]; }
 };
 
@@ -70,8 +70,8 @@ inline void pack(Head& c) {
     for (int64_t d = 0; d < a.D; ++d) c.kt[d * c.nkp + j] = kr[d];
     std::memcpy(c.vp + j * c.dp, vr, a.D * sizeof(float));
     for (int64_t d = a.D; d < c.dp; ++d) c.vp[j * c.dp + d] = 0.f;
-    const float bj = a.key_bias != nullptr ? a.key_bias[c.b * a.N + t] : 0.f;
-    const bool real = !(std::isinf(bj) && bj < 0);
+    const float bj = a.bias(c.b, j);
+    const bool real = !masks_token(bj);
     c.bias[j] = real ? bj : 0.f;
     c.mask[j] = real ? 1.f : 0.f;
     c.neg[j] = real ? 0.f : -1e30f;

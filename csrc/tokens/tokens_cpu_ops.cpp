@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_attention_head_
   PreparedAttention pa = prepare_attention(q, k, v, key_bias_in, keep_in, c10::nullopt, true, true);
   check_bias_values(pa);
   const AttnArgs& a = pa.args;
-  const int64_t B = pa.B, NK = a.NK, H = a.H, N = a.N;
+  const int64_t B = pa.B, NK = a.NK, H = a.H;
   TORCH_CHECK(H <= kMaxFilterHeads, "the head-filtered attention takes at most ", kMaxFilterHeads, " heads, got ", H);
   const CpuKernels& kern = kCpuKernels.active();
   const int64_t nkp = padded(NK);
@@ -131,11 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_attention_head_
       for (int64_t h = 0; h < H; ++h)
         kern.attention_head(a, b, h, ip + (b * H + h) * nkp, slabs.data() + h * NK * nkp, 1.f, true, true,
                             work.data());
-      for (int64_t j = 0; j < NK; ++j) {
-        const int64_t t = a.keep != nullptr ? a.keep[b * NK + j] : j;
-        const float bj = a.key_bias != nullptr ? a.key_bias[b * N + t] : 0.f;
-        real[j] = !(std::isinf(bj) && bj < 0);
-      }
+      for (int64_t j = 0; j < NK; ++j) real[j] = !masks_token(a.bias(b, j));
       head_filter_weights(ip + b * H * nkp, H, nkp, NK, real, low, high, wp + b * H);
       float kept = 0.f;
       for (int64_t h = 0; h < H; ++h) kept += wp[b * H + h];
