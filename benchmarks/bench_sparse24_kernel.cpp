@@ -7,12 +7,12 @@
 // on them, "-int4-f32" (fp32 activations) and "-int4-bf16" (bf16, where the level multiplies bf16), and
 // "-int4-fused" / "-int4-fused-f32" (the kernels that multiply the codes straight from the tiles: bf16 activations
 // with K a multiple of 64, fp32 activations on any AVX-512 level with K a multiple of 32); "-bf16-wide" is the
-// large-M bf16 kernel (sparse24_cpu_wide.h) on activations packed before the timing, and "-bf16-wide-pack" times
-// that packing alone (the op packs once per call).
+// large-M bf16 kernel (sparse24_cpu_wide.h; at amx the AMX one, sparse24_cpu_amx.h) on activations packed before the
+// timing, and "-bf16-wide-pack" times that packing alone (the op packs once per call).
 // The int4 bytes are the tiles (codes + positions) and the fp16 scales + zeros.
 //
 // usage: bench_sparse24_kernel [--k 4096] [--n 11008] [--m 1] [--layers 16] [--iters 20] [--threads 2]
-//                              [--isa scalar|avx2|avx512|avx512bf16] [--json]
+//                              [--isa scalar|avx2|avx512|avx512bf16|amx] [--json]
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench_pool.h"
+#include "common/amx_permission.h"
 #include "sparse24/sparse24_cpu.h"
 
 using namespace slimformer::sparse24;
@@ -128,20 +129,20 @@ int main(int argc, char** argv) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
+                    __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
   const Path paths[] = {
       {"scalar", &cpu_kernels_scalar, true},
       {"avx2", &cpu_kernels_avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
       {"avx512", &cpu_kernels_avx512, avx512},
-      {"avx512bf16", &cpu_kernels_avx512bf16,
-       avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
-           __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2")},
+      {"avx512bf16", &cpu_kernels_avx512bf16, bf16},
+      {"amx", &cpu_kernels_amx,
+       bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && slimformer::amx_permitted()},
   };
   if (!o.json)
     std::printf("%-18s %6s %6s %4s %11s %9s %9s\n", "path", "K", "N", "M", "us/layer", "GB/s", "GFLOP/s");
   enum Kind { kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32, kWide, kWidePack };
-  const int64_t KBn = wide_k_blocks(K);
-  std::vector<uint8_t> packed_buf(KBn * wide_row_blocks(M) * kWideBlockBytes + 64);
-  uint8_t* packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed_buf.data()) + 63) & ~uintptr_t{63});
+  std::vector<uint8_t> packed_buf;
   for (const Path& p : paths)
     for (const Kind kind :
          {kF32, kBf16Values, kBf16, kInt4F32, kInt4Bf16, kInt4Fused, kInt4FusedF32, kWide, kWidePack}) {
@@ -151,6 +152,12 @@ int main(int argc, char** argv) {
       if (kind == kInt4Fused && (kern.gemm_int4_bf16 == nullptr || K % 64)) continue;
       if (kind == kInt4FusedF32 && (kern.gemm_int4_f32 == nullptr || K % 32)) continue;
       if ((kind == kWide || kind == kWidePack) && kern.gemm_wide_bf16 == nullptr) continue;
+      const int64_t KBn = kern.wide_pack_blocks != nullptr ? kern.wide_pack_blocks(K) : 0;
+      uint8_t* packed = nullptr;
+      if (kind == kWide || kind == kWidePack) {
+        packed_buf.assign(static_cast<size_t>(kern.wide_packed_bytes(M, K) + 64), 0);
+        packed = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(packed_buf.data()) + 63) & ~uintptr_t{63});
+      }
       if (kind == kWide) kern.pack_wide_bf16(xb.data(), M, K, packed, 0, KBn);
       const bool int4 = kind >= kInt4F32 && kind <= kInt4FusedF32;
       std::vector<GemmArgs> args(o.layers);

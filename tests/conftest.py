@@ -9,15 +9,17 @@ from slimformer import ops
 def _supported_isas():
     feats = ops.cpu_features()  # e.g. "isa=avx2 avx2=1 avx512=0 ..."
     best = feats.split()[0].split("=")[1]
-    order = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"]
+    order = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "amx"]
     return order[: order.index(best) + 1]
 
 
 SUPPORTED_ISAS = _supported_isas()
-# GPTQ's levels (avx512bf16 adds the bf16 kernel that bf16 activations take for 2- and 4-bit weights)
+# GPTQ's levels (avx512bf16 adds the bf16 kernel that bf16 activations take for 2- and 4-bit weights; amx runs the
+# avx512bf16 kernels)
 ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"]
-# The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones)
-SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
+# The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones; amx is avx512bf16 with the large-M route on AMX
+# tiles)
+SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16", "amx"]
 # The token-attention kernel's levels (the AVX-512 extensions run the avx512 one)
 TOKENS_ISAS = ["scalar", "avx2", "avx512"]
 

@@ -149,11 +149,11 @@ def test_bad_kernel_arguments():
 def test_bad_isa_request(monkeypatch):
     layer = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=4, group_size=32)
     monkeypatch.setenv("SLIMFORMER_CPU_ISA", "sse9")
-    with pytest.raises(RuntimeError, match="must be one of scalar, avx2, avx512, avx512vnni, avx512bf16"):
+    with pytest.raises(RuntimeError, match="must be one of scalar, avx2, avx512, avx512vnni, avx512bf16, amx"):
         layer(torch.randn(1, 64))
     from conftest import ALL_ISAS, SUPPORTED_ISAS
-    unsupported = [isa for isa in ALL_ISAS if isa not in SUPPORTED_ISAS]
-    for isa in unsupported:  # none on a CPU with AVX-512 VNNI; there the request must be honoured
+    unsupported = [isa for isa in ALL_ISAS + ["amx"] if isa not in SUPPORTED_ISAS]
+    for isa in unsupported:  # none on a CPU with AMX; there the request must be honoured
         monkeypatch.setenv("SLIMFORMER_CPU_ISA", isa)
         with pytest.raises(RuntimeError, match="supports at most"):
             layer(torch.randn(1, 64))

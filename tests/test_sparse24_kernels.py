@@ -54,10 +54,10 @@ def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, N):
 @pytest.mark.parametrize("K", [36, 264, 1028])
 @pytest.mark.parametrize("N", [67, 241, 487])
 def test_large_m_bf16_kernel_matches_the_reference(sparse24_isa, monkeypatch, M, K, N):
-    """The large-M bf16 kernel (sparse24_cpu_wide.h) wherever the level has it, else the tiles: row blocks of 16 and
-    tiles of 4 of them with tails, passes of at most 256 rows, K blocks of 64 inputs with a tail, superblocks of 240
-    output rows with tails. Its sums are exact fp32 sums of bf16 products, so only the bf16 output's rounding is
-    left."""
+    """The large-M bf16 kernel (sparse24_cpu_wide.h; sparse24_cpu_amx.h at amx) wherever the level has it, else the
+    tiles: row blocks of 16 and tiles of 4 of them with tails, passes of at most 256 rows, K blocks of 64 inputs (32
+    on AMX) with a tail, superblocks of 240 output rows (passes of 32 on AMX) with tails. Its sums are fp32 sums of
+    bf16 products, so only the bf16 output's rounding is left."""
     use_path(monkeypatch, LARGE_M)
     values, bitmask = make(N, K, torch.bfloat16, seed=M + K + N)
     x = torch.randn(M, K).bfloat16()

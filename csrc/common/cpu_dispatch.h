@@ -20,7 +20,7 @@ namespace slimformer {
 template <class Table>
 struct CpuDispatch {
   using Getter = const Table& (*)();
-  // Indexed by CpuIsa: scalar, avx2, avx512, avx512vnni, avx512bf16; nullptr where the method has no kernels of that level.
+  // Indexed by CpuIsa: scalar, avx2, avx512, avx512vnni, avx512bf16, amx; nullptr where the method has no kernels of that level.
   Getter by_isa[kNumCpuIsas];
 
   const Table& get(CpuIsa isa) const {

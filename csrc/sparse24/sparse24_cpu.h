@@ -61,11 +61,12 @@ struct DecompressArgs {
   int64_t row0 = 0;  // as in GemmArgs
 };
 
-// The large-M bf16 kernel's packed activations (sparse24_cpu_wide.h): blocks of kWideGroups groups of 4 inputs x 16
+// The AVX-512 large-M bf16 kernel's packed activations (sparse24_cpu_wide.h): blocks of kWideGroups groups of 4 inputs x 16
 // activation rows, block (kb, mb) at (kb * wide_row_blocks(M) + mb) * kWideBlockBytes, 64-byte aligned.
 constexpr int64_t kWideGroups = 16, kWideBlockBytes = kWideGroups * 6 * 64;
 constexpr int64_t wide_row_blocks(int64_t M) { return (M + 15) / 16; }
 constexpr int64_t wide_k_blocks(int64_t K) { return (K / 4 + kWideGroups - 1) / kWideGroups; }
+constexpr int64_t wide_packed_bytes(int64_t M, int64_t K) { return wide_k_blocks(K) * wide_row_blocks(M) * kWideBlockBytes; }
 
 struct CpuKernels {
   // y[:, n0:n1] = x @ W[n0:n1]^T; false when a group of those rows is not 2:4 (y is then garbage).
@@ -90,12 +91,20 @@ struct CpuKernels {
   // a.xb unused); false when a group of those rows is not 2:4.
   void (*pack_wide_bf16)(const uint16_t* x, int64_t M, int64_t K, uint8_t* packed, int64_t kb0, int64_t kb1);
   bool (*gemm_wide_bf16)(const GemmArgs& a, const uint8_t* packed, int64_t n0, int64_t n1);
+  // the large-M route's packed activations for M rows of K inputs: their bytes (64-byte aligned) and the number of K
+  // blocks pack_wide_bf16 counts in; and the activation rows from which the route beats the small-M bf16 kernel
+  int64_t (*wide_packed_bytes)(int64_t M, int64_t K);
+  int64_t (*wide_pack_blocks)(int64_t K);
+  int64_t wide_min_rows;
+  // output rows per thread task of gemm_wide_bf16 (a whole number of the kernel's own row blocks)
+  int64_t wide_task_rows;
 };
 
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();
 const CpuKernels& cpu_kernels_avx512();
 const CpuKernels& cpu_kernels_avx512bf16();
+const CpuKernels& cpu_kernels_amx();
 
 }  // namespace sparse24
 }  // namespace slimformer

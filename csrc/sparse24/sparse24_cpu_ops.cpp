@@ -22,7 +22,7 @@ namespace sparse24 {
 namespace {
 
 constexpr CpuDispatch<CpuKernels> kCpuKernels{
-    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr, &cpu_kernels_avx512bf16}};
+    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, nullptr, &cpu_kernels_avx512bf16, &cpu_kernels_amx}};
 
 // Activation rows from which the weight is decompressed, a tile of rows at a time, into the dense bf16 GEMM instead
 // of running the sparse kernel (whose multiply-adds use one lane per kept weight but re-gather the activations for
@@ -36,8 +36,9 @@ constexpr CpuDispatch<CpuKernels> kCpuKernels{
 // 2:4 + int4 with bf16 activations switches from its fused kernel to the wide one (rows unpacked to bf16) at the same
 // 32 (through the op, 8 x 4096x11008, us per layer, fused / wide / tiles): M=16 5521 / 9843 / 9079, M=24 8336 /
 // 10046 / 11026, M=32 11332 / 10086 / 14723, M=40 14064 / 13746 / 16582, M=128 - / 29049 / 34144.
+// On AMX the large-M route is the AMX kernel (sparse24_cpu_amx.h), from the level's own wide_min_rows.
 // SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for all of them.
-int64_t large_m_threshold(bool native_bf16, bool wide) {
+int64_t large_m_threshold(const CpuKernels& kern, bool native_bf16, bool wide) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -45,7 +46,7 @@ int64_t large_m_threshold(bool native_bf16, bool wide) {
                 s, "'");
     return v;
   }
-  return wide ? 32 : native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
+  return wide ? kern.wide_min_rows : native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
@@ -106,10 +107,10 @@ void for_row_blocks(const Values& vals, int64_t n0, int64_t n1, Fn&& fn) {
   }
 }
 
-// Output rows per thread task of the large-M bf16 kernel (which works in superblocks of 240 rows), and the activation
-// rows it takes per pass: their packed activations are 12 x rows x K bytes (6 MiB at 256 x 4096; the kernel's fp32
-// sums of a superblock, 240 x rows x 4 bytes, stay in L2).
-constexpr int64_t kWideGrainRows = 240, kWideMaxRows = 256;
+// Activation rows the large-M bf16 route takes per pass: on AVX-512 their packed activations are 12 x rows x K bytes
+// (6 MiB at 256 x 4096; the kernel's fp32 sums of a superblock, 240 x rows x 4 bytes, stay in L2), on AMX 2 x rows
+// x K bytes.
+constexpr int64_t kWideMaxRows = 256;
 
 // The calling thread's buffer for the packed activations, grown as needed and kept: a fresh allocation of that size
 // on every call would be mapped anew and page-faulted in on every call.
@@ -119,7 +120,7 @@ uint8_t* wide_workspace(size_t bytes) {
   return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
 }
 
-// The large-M bf16 kernel (sparse24_cpu_wide.h) instead of decompressed tiles: bf16 values (stored as such, or 2:4 +
+// The large-M bf16 kernel (sparse24_cpu_wide.h, or sparse24_cpu_amx.h on AMX) instead of decompressed tiles: bf16 values (stored as such, or 2:4 +
 // int4 unpacked to bf16 a superblock of rows at a time), a level that has it, and not switched off by
 // SLIMFORMER_SPARSE24_WIDE=0 (which the tests use to reach the tile route).
 bool use_wide_kernel(const CpuKernels& kern, bool native_bf16) {
@@ -148,7 +149,7 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
   // dense GEMM. Otherwise fp32 arithmetic (and fp32 tiles, so fp32 values are never rounded).
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
   const bool wide = use_wide_kernel(kern, native_bf16);
-  if (M < large_m_threshold(native_bf16, wide)) {
+  if (M < large_m_threshold(kern, native_bf16, wide)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, nullptr, y.data_ptr<float>()};
     at::Tensor xin;
@@ -180,23 +181,23 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
     uint16_t* yb = reinterpret_cast<uint16_t*>(y.data_ptr());
     at::Tensor b32;
     if (bias.has_value() && bias->defined()) b32 = bias->to(at::kFloat).contiguous();
-    const int64_t KBn = wide_k_blocks(K);
+    const int64_t KBn = kern.wide_pack_blocks(K), grain = kern.wide_task_rows;
     for (int64_t m0 = 0; m0 < M && ok; m0 += kWideMaxRows) {
       const int64_t rows = std::min(kWideMaxRows, M - m0);
-      uint8_t* pk = wide_workspace(static_cast<size_t>(KBn * wide_row_blocks(rows) * kWideBlockBytes));
+      uint8_t* pk = wide_workspace(static_cast<size_t>(kern.wide_packed_bytes(rows, K)));
       at::parallel_for(0, KBn, 1, [&](int64_t kb0, int64_t kb1) {
         kern.pack_wide_bf16(xb + m0 * K, rows, K, pk, kb0, kb1);
       });
       GemmArgs args{rows, K, N, nullptr, nullptr, nullptr, true, nullptr, nullptr};
       args.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
       args.yb = yb + m0 * N;
-      at::parallel_for(0, N, kWideGrainRows, [&](int64_t n0, int64_t n1) {
+      at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
         // a superblock of rows at a time: the tensors themselves (PlainValues), or 2:4 + int4 unpacked to bf16 into
         // this thread's buffer (~1 MiB at 4096 inputs), which the kernel then reads from cache for every row block
         thread_local std::vector<uint8_t> buf;
         GemmArgs a = args;
-        for (int64_t s0 = n0; s0 < n1; s0 += kWideGrainRows) {
-          const int64_t s1 = std::min(n1, s0 + kWideGrainRows);
+        for (int64_t s0 = n0; s0 < n1; s0 += grain) {
+          const int64_t s1 = std::min(n1, s0 + grain);
           const RowBlock rb = vals.rows(s0, s1, buf);
           a.values = rb.values;
           a.bitmask = rb.bitmask;
@@ -258,9 +259,9 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
   // the fused kernels, a tile (4 rows) at a time, codes straight into the products: bf16 activations where the CPU
   // multiplies bf16 (below the tile threshold), else fp32 arithmetic below kInt4FusedF32Rows
   const bool fused_bf16 = bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 &&
-                          M < large_m_threshold(true, use_wide_kernel(kern, true));
+                          M < large_m_threshold(kern, true, use_wide_kernel(kern, true));
   const bool fused_f32 = !bf16 && kern.gemm_int4_f32 != nullptr && K % 32 == 0 && gs % 32 == 0 &&
-                         M < std::min(kInt4FusedF32Rows, large_m_threshold(false, false));
+                         M < std::min(kInt4FusedF32Rows, large_m_threshold(kern, false, false));
   if ((fused_bf16 || fused_f32) && q.groups <= kInt4MaxGroups && M > 0) {
     const at::Tensor xin = x.reshape({M, K}).to(fused_bf16 ? at::kBFloat16 : at::kFloat).contiguous();
     at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
