@@ -93,9 +93,10 @@ struct CpuKernels {
   bool (*gemm_wide_bf16)(const GemmArgs& a, const uint8_t* packed, int64_t n0, int64_t n1);
   // the large-M route's packed activations for M rows of K inputs: their bytes (64-byte aligned) and the number of K
   // blocks pack_wide_bf16 counts in; and the activation rows from which the route beats the small-M bf16 kernel
+  // (bf16 values) and the fused 2:4 + int4 one (rows unpacked to bf16 first)
   int64_t (*wide_packed_bytes)(int64_t M, int64_t K);
   int64_t (*wide_pack_blocks)(int64_t K);
-  int64_t wide_min_rows;
+  int64_t wide_min_rows, wide_min_rows_int4;
   // output rows per thread task of gemm_wide_bf16 (a whole number of the kernel's own row blocks)
   int64_t wide_task_rows;
 };

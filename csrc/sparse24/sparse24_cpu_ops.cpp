@@ -38,7 +38,7 @@ constexpr CpuDispatch<CpuKernels> kCpuKernels{
 // 10046 / 11026, M=32 11332 / 10086 / 14723, M=40 14064 / 13746 / 16582, M=128 - / 29049 / 34144.
 // On AMX the large-M route is the AMX kernel (sparse24_cpu_amx.h), from the level's own wide_min_rows.
 // SLIMFORMER_SPARSE24_LARGE_M overrides the threshold for all of them.
-int64_t large_m_threshold(const CpuKernels& kern, bool native_bf16, bool wide) {
+int64_t large_m_threshold(const CpuKernels& kern, bool native_bf16, bool wide, bool int4 = false) {
   if (const char* s = std::getenv("SLIMFORMER_SPARSE24_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -46,7 +46,8 @@ int64_t large_m_threshold(const CpuKernels& kern, bool native_bf16, bool wide) {
                 s, "'");
     return v;
   }
-  return wide ? kern.wide_min_rows : native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
+  if (wide) return int4 ? kern.wide_min_rows_int4 : kern.wide_min_rows;
+  return native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
@@ -73,6 +74,7 @@ struct RowBlock {
   bool ok;  // false: a 2:4 + int4 position nibble that is not a pair of columns
 };
 struct PlainValues {
+  static constexpr bool kInt4 = false;
   static constexpr int64_t kBlockRows = std::numeric_limits<int64_t>::max();
   const uint8_t* values;
   int64_t row_bytes;
@@ -83,6 +85,7 @@ struct PlainValues {
   }
 };
 struct Int4Values {
+  static constexpr bool kInt4 = true;
   // 8 rows of 11008 inputs are 176 KiB of fp32 values, 88 KiB bf16
   static constexpr int64_t kBlockRows = 8;
   const CpuKernels* kern;
@@ -149,7 +152,7 @@ at::Tensor sparse_gemm(const at::Tensor& x, const Values& vals, bool values_bf16
   // dense GEMM. Otherwise fp32 arithmetic (and fp32 tiles, so fp32 values are never rounded).
   const bool native_bf16 = kern.gemm_bf16 != nullptr && values_bf16 && x.scalar_type() == at::kBFloat16;
   const bool wide = use_wide_kernel(kern, native_bf16);
-  if (M < large_m_threshold(kern, native_bf16, wide)) {
+  if (M < large_m_threshold(kern, native_bf16, wide, Values::kInt4)) {
     y = at::empty({M, N}, x.options().dtype(at::kFloat));
     GemmArgs args{M, K, N, nullptr, nullptr, nullptr, values_bf16, nullptr, y.data_ptr<float>()};
     at::Tensor xin;
@@ -259,7 +262,7 @@ at::Tensor sparse24_int4_gemm_cpu(const at::Tensor& x, const at::Tensor& tiles_i
   // the fused kernels, a tile (4 rows) at a time, codes straight into the products: bf16 activations where the CPU
   // multiplies bf16 (below the tile threshold), else fp32 arithmetic below kInt4FusedF32Rows
   const bool fused_bf16 = bf16 && kern.gemm_int4_bf16 != nullptr && K % 64 == 0 && gs % 64 == 0 &&
-                          M < large_m_threshold(kern, true, use_wide_kernel(kern, true));
+                          M < large_m_threshold(kern, true, use_wide_kernel(kern, true), true);
   const bool fused_f32 = !bf16 && kern.gemm_int4_f32 != nullptr && K % 32 == 0 && gs % 32 == 0 &&
                          M < std::min(kInt4FusedF32Rows, large_m_threshold(kern, false, false));
   if ((fused_bf16 || fused_f32) && q.groups <= kInt4MaxGroups && M > 0) {
