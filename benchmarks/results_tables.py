@@ -294,6 +294,7 @@ SECTIONS = {
     "sweep": sweep,
     "int8": int8,
     "sparse24-zen4": lambda: sparse24_speed("sparse24_cpu_zen4.json"),
+    "sparse24-emr": lambda: sparse24_speed("sparse24_cpu_emr.json"),
     "sparse24-quality": sparse24_quality,
     "sparsegpt-published": sparsegpt_published,
     "tokens-speed": lambda: tokens_speed("tokens_speed_zen4.json"),

@@ -14,9 +14,9 @@ def _supported_isas():
 
 
 SUPPORTED_ISAS = _supported_isas()
-# GPTQ's levels (avx512bf16 adds the bf16 kernel that bf16 activations take for 2- and 4-bit weights; amx runs the
-# avx512bf16 kernels)
-ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16"]
+# GPTQ's levels (avx512bf16 adds the bf16 kernel that bf16 activations take for 2- and 4-bit weights; amx is
+# avx512bf16 with an fp32 kernel that converts instead of computing on denormals)
+ALL_ISAS = ["scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "amx"]
 # The 2:4 sparse kernels' levels (avx512vnni runs the avx512 ones; amx is avx512bf16 with the large-M route on AMX
 # tiles)
 SPARSE24_ISAS = ["scalar", "avx2", "avx512", "avx512bf16", "amx"]

@@ -157,6 +157,7 @@ const CpuKernels& cpu_kernels_avx2();
 const CpuKernels& cpu_kernels_avx512();
 const CpuKernels& cpu_kernels_avx512vnni();
 const CpuKernels& cpu_kernels_avx512bf16();
+const CpuKernels& cpu_kernels_amx();
 
 }  // namespace gptq
 }  // namespace slimformer

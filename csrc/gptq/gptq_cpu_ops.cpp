@@ -20,9 +20,9 @@ namespace gptq {
 namespace {
 
 // GPTQ's CPU kernels per ISA level (gptq_cpu_<isa>.cpp); the avx512bf16 level adds the bf16 kernel to the
-// avx512vnni ones.
-constexpr CpuDispatch<CpuKernels> kCpuKernels{
-    {&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512, &cpu_kernels_avx512vnni, &cpu_kernels_avx512bf16}};
+// avx512vnni ones; the amx level (Intel only) is avx512bf16 with an fp32 kernel that never computes on denormals.
+constexpr CpuDispatch<CpuKernels> kCpuKernels{{&cpu_kernels_scalar, &cpu_kernels_avx2, &cpu_kernels_avx512,
+                                               &cpu_kernels_avx512vnni, &cpu_kernels_avx512bf16, &cpu_kernels_amx}};
 const CpuKernels& kernels_for(CpuIsa isa) { return kCpuKernels.get(isa); }
 
 // Rows from which the dequantize-tile + fp32 GEMM path is used instead of the fused kernels, per ISA. The fused
