@@ -99,6 +99,8 @@ struct CpuKernels {
   int64_t wide_min_rows, wide_min_rows_int4;
   // output rows per thread task of gemm_wide_bf16 (a whole number of the kernel's own row blocks)
   int64_t wide_task_rows;
+  // activation rows from which fp32 arithmetic goes to decompressed tiles and the dense fp32 GEMM (0: never)
+  int64_t f32_tiles_min_rows;
 };
 
 const CpuKernels& cpu_kernels_scalar();

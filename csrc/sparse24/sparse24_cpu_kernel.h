@@ -467,11 +467,13 @@ namespace SF_ISA_NS {
 // Measured through the op on a 2-core Xeon (Emerald Rapids), 8 x 4096x11008, alternating, median us per layer, small-M
 // kernel / AMX: bf16 M=4 4037 / 5200, 4535 / 5203; M=5 4776 / 4406; M=6 6412 / 4467, 8525 / 5029; M=8 8198 / 4969;
 // 2:4 + int4 fused / AMX: M=6 4383 / 7276; M=8 8717 / 9415; M=9 8126 / 8906; M=10 8496 / 8300, 9041 / 8261;
-// M=12 10935 / 7626.
+// M=12 10935 / 7626. fp32 arithmetic goes to decompressed tiles and the dense fp32 GEMM (MKL) from 48 rows (same
+// setup, sparse kernel / tiles: M=16 16154 / 41882, M=32 23818 / 42040, M=64 52640 / 41379); on Zen 4 the sparse
+// kernel stays ahead at every M.
 inline CpuKernels kernels() {
   return CpuKernels{&gemm,           &decompress,    &gemm_bf16,        &unpack_int4,  &gemm_int4_bf16,
                     &gemm_int4_f32,  &pack_amx_bf16, &gemm_amx_bf16,    &amx_packed_bytes,
-                    &amx_k_blocks,   5,              10,               8 * kAmxRows};
+                    &amx_k_blocks,   5,              10,               8 * kAmxRows, 48};
 }
 #elif defined(__AVX512BF16__) && defined(__AVX512VBMI__)
 inline int64_t wide_bytes(int64_t M, int64_t K) { return wide_packed_bytes(M, K); }
@@ -480,16 +482,16 @@ inline int64_t wide_blocks(int64_t K) { return wide_k_blocks(K); }
 inline CpuKernels kernels() {
   return CpuKernels{&gemm,           &decompress,    &gemm_bf16,      &unpack_int4, &gemm_int4_bf16,
                     &gemm_int4_f32,  &pack_wide_bf16, &gemm_wide_bf16, &wide_bytes,  &wide_blocks,
-                    32,              32,             kWideSuperRows};
+                    32,              32,             kWideSuperRows, 0};
 }
 #elif defined(__AVX512F__)
 inline CpuKernels kernels() {
   return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, &gemm_int4_f32, nullptr, nullptr,
-                    nullptr, nullptr, 0, 0, 0};
+                    nullptr, nullptr, 0, 0, 0, 0};
 }
 #else
 inline CpuKernels kernels() {
-  return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, 0};
+  return CpuKernels{&gemm, &decompress, nullptr, &unpack_int4, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 0};
 }
 #endif
 

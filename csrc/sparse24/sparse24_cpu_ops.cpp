@@ -47,7 +47,8 @@ int64_t large_m_threshold(const CpuKernels& kern, bool native_bf16, bool wide, b
     return v;
   }
   if (wide) return int4 ? kern.wide_min_rows_int4 : kern.wide_min_rows;
-  return native_bf16 ? 48 : std::numeric_limits<int64_t>::max();
+  if (native_bf16) return 48;
+  return kern.f32_tiles_min_rows > 0 ? kern.f32_tiles_min_rows : std::numeric_limits<int64_t>::max();
 }
 
 // Output rows decompressed per dense GEMM call: 512 x K bf16 is 4 MiB at K=4096, which stays in the last-level
