@@ -6,7 +6,7 @@
 // activation mode ("-a8" rows; activation preparation not timed, for any of them).
 //
 // usage: bench_gptq_kernel [--k 4096] [--n 4096] [--m 1] [--bits 4] [--group 128] [--layers 16] [--iters 20]
-//                          [--threads 2] [--isa scalar|avx2|avx512|avx512vnni|avx512bf16] [--json]
+//                          [--threads 2] [--isa scalar|avx2|avx512|avx512vnni|avx512bf16|amx] [--json]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -59,8 +59,8 @@ Options parse(int argc, char** argv) {
     }
   }
   if (!(o.isa.empty() || o.isa == "scalar" || o.isa == "avx2" || o.isa == "avx512" || o.isa == "avx512vnni" ||
-        o.isa == "avx512bf16")) {
-    std::fprintf(stderr, "--isa must be scalar, avx2, avx512, avx512vnni or avx512bf16, got %s\n", o.isa.c_str());
+        o.isa == "avx512bf16" || o.isa == "amx")) {
+    std::fprintf(stderr, "--isa must be scalar, avx2, avx512, avx512vnni, avx512bf16 or amx, got %s\n", o.isa.c_str());
     std::exit(2);
   }
   if (o.group <= 0) o.group = o.k;
@@ -153,6 +153,11 @@ int main(int argc, char** argv) {
        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
            __builtin_cpu_supports("avx512bf16")},
+      {"amx", cpu_kernels_amx(),  // the avx512bf16 kernels with an fp32 kernel that converts (no tiles used)
+       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-tile") &&
+           __builtin_cpu_supports("amx-bf16")},
   };
   if (!o.json)
     std::printf("%-10s %6s %6s %4s %5s %6s %11s %9s %9s\n", "isa", "K", "N", "M", "bits", "group", "us/layer",

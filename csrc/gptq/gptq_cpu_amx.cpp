@@ -19,14 +19,6 @@ using V = simd::amx_impl::V;
 
 namespace slimformer {
 namespace gptq {
-namespace amx_impl {
-inline CpuKernels kernels_bf16() {
-  CpuKernels k = kernels();
-  k.prepare_rows_bf16 = &prepare_rows_bf16_any;
-  k.small_m_gemm_bf16 = &small_m_gemm_bf16_any;
-  return k;
-}
-}  // namespace amx_impl
-SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_amx, amx_impl::kernels_bf16())
+SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_amx, amx_impl::kernels())
 }  // namespace gptq
 }  // namespace slimformer

@@ -17,14 +17,6 @@ using V = simd::avx512bf16_impl::V;
 
 namespace slimformer {
 namespace gptq {
-namespace avx512bf16_impl {
-inline CpuKernels kernels_bf16() {
-  CpuKernels k = kernels();
-  k.prepare_rows_bf16 = &prepare_rows_bf16_any;
-  k.small_m_gemm_bf16 = &small_m_gemm_bf16_any;
-  return k;
-}
-}  // namespace avx512bf16_impl
-SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_avx512bf16, avx512bf16_impl::kernels_bf16())
+SF_DEFINE_CPU_KERNELS(CpuKernels, cpu_kernels_avx512bf16, avx512bf16_impl::kernels())
 }  // namespace gptq
 }  // namespace slimformer

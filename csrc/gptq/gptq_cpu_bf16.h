@@ -9,6 +9,8 @@
 // multiply-adds (measured: 8 vpermw per 32 vdpbf16ps cost nothing on Zen 4). Same register plan as the integer
 // kernel: 4 rows x 2 column vectors of fp32 accumulators, one weight word live at a time.
 #pragma once
+// gptq_cpu_kernel.h's kernels() lists the bf16 kernel where this header came first
+#define SF_GPTQ_BF16_KERNEL 1
 #include <immintrin.h>
 
 #include "gptq_cpu_int16.h"
