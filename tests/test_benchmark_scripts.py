@@ -41,9 +41,9 @@ def test_bench_sparse24_kernel_runs_every_path():
         assert run.returncode == 0, run.stderr
         paths = {json.loads(line)["path"] for line in run.stdout.splitlines()}
         assert {"scalar-f32", "scalar-bf16v", "scalar-int4-f32"} <= paths
-        if isa in ("avx512bf16",):
-            assert "avx512bf16-bf16" in paths and "avx512bf16-int4-bf16" in paths
-            assert ("avx512bf16-int4-fused" in paths) == (k % 64 == 0)
+        for level in {"avx512bf16": ["avx512bf16"], "amx": ["avx512bf16", "amx"]}.get(isa, []):
+            assert f"{level}-bf16" in paths and f"{level}-int4-bf16" in paths and f"{level}-bf16-wide" in paths
+            assert (f"{level}-int4-fused" in paths) == (k % 64 == 0)
 
 
 def test_demo_runs_every_variant_and_its_kernels_match(tmp_path, capsys):
