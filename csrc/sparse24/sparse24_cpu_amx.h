@@ -15,7 +15,8 @@
 // (32 x K x 2 bytes, 256 KiB at 4096 inputs, which stays in L2), then for each pair of activation row blocks 2 x 2 C
 // tiles accumulate over all of K (per 32 inputs: 2 A and 2 B tile loads, 4 tdpbf16ps), and go out through a 16 x 16
 // transpose with the bias added in fp32 and one rounding to bf16. The packed activations (M x K x 2 bytes) are read
-// once per 32 output rows, from L2 up to 128 rows at 4096 inputs.
+// once per 32 output rows, from L2 up to 128 rows at 4096 inputs. While a pass multiplies, the next pass's values and
+// bitmask are prefetched into L2 a few lines per step, so its expansion does not wait on DRAM.
 //
 // Tails: activation rows past M and inputs past K are packed as zeros; output rows past the range are expanded as
 // zeros (their sums never written); the tail block of inputs (K % 32, a multiple of 4) expands only its real groups.

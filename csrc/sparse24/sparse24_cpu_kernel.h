@@ -17,8 +17,9 @@
 // nibble 0b0011, their values and activations are 0).
 //
 // Large M with bf16 activations and bf16 values (stored, or unpacked from 2:4 + int4) runs the kernel of
-// sparse24_cpu_wide.h (activation rows in the lanes); where that kernel is switched off (SLIMFORMER_SPARSE24_WIDE=0)
-// decompress(): dense fp32/bf16 rows for the dense GEMM (the glue picks the row count, tile by tile).
+// sparse24_cpu_wide.h (activation rows in the lanes), or on the amx level that of sparse24_cpu_amx.h (tiles); where
+// that route is switched off (SLIMFORMER_SPARSE24_WIDE=0), and for fp32 arithmetic at large M on amx, decompress():
+// dense fp32/bf16 rows for the dense GEMM (the glue picks the row count, tile by tile).
 #pragma once
 #include <cstring>
 
