@@ -10,7 +10,10 @@ layer. Compared on the CPU:
   torch's own int4 CPU op (aten._weight_int4pack_mm_for_cpu, bf16),
   ONNX Runtime MatMulNBits int4 (block 128) at accuracy_level 0 (fp32) and 4 (int8 activations), if installed.
 Effective GB/s is the packed weight bytes (plus scales) divided by the time, next to a read bandwidth measured
-here. Prints a table, writes JSON (benchmarks/results/), and checks the goals of issue 2 when --goals is given.
+here. Every weight we allocate (ours, torch's dense and int4 ones, the bandwidth probe) lies on transparent huge pages
+where the OS allows (slimformer.hugepages, as the modules keep theirs), so the baselines stream under the same
+conditions; --no-hugepages puts them all on ordinary pages. ONNX Runtime allocates its own. Prints a table,
+writes JSON (benchmarks/results/), and checks the goals of issue 2 when --goals is given.
 
     python benchmarks/bench_gptq.py                       # all shapes, M in {1, 4, 16, 64, 128}
     python benchmarks/bench_gptq.py --shapes 4096x4096 --m 1 128 --goals
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 
 import slimformer
 from slimformer import QuantLinear, ops
+from slimformer.hugepages import hugepage_copy
 
 
 # Least untimed time each method runs right before its timed pass in the paired goal rounds (see paired_goals).
@@ -60,7 +64,7 @@ def median_us(fn, layers: int, rounds: int) -> float:
 
 def read_bandwidth_gbs(mib: int = 1024, buf: torch.Tensor | None = None, reps: int = 5) -> float:
     """Read bandwidth of this machine now: median time of torch sum over a `mib` MiB fp32 buffer (or `buf`)."""
-    buf = torch.ones(mib * 1024 * 1024 // 4) if buf is None else buf
+    buf = hugepage_copy(torch.ones(mib * 1024 * 1024 // 4)) if buf is None else buf
     buf.sum()
     times = []
     for _ in range(reps):
@@ -138,13 +142,13 @@ def bench_cpu(shapes, ms, layers_for, rounds, threads, methods):
                 nbytes = weight_bytes(K, N, bits, group)
             elif name.startswith("torch-dense"):
                 dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
-                ws = [torch.randn(N, K, dtype=dtype) * 0.02 for _ in range(L)]
+                ws = [hugepage_copy(torch.randn(N, K, dtype=dtype) * 0.02) for _ in range(L)]
                 fn_for = lambda x, ws=ws: (lambda i: torch.nn.functional.linear(x, ws[i]))  # noqa: E731
                 nbytes = K * N * ws[0].element_size()
             elif name == "torch-int4-bf16":
                 dtype = torch.bfloat16
-                packed = [torch._convert_weight_to_int4pack_for_cpu(
-                    torch.randint(0, 16, (N, K), dtype=torch.int32), 2) for _ in range(L)]
+                packed = [hugepage_copy(torch._convert_weight_to_int4pack_for_cpu(
+                    torch.randint(0, 16, (N, K), dtype=torch.int32), 2)) for _ in range(L)]
                 sz = [torch.randn(K // group, N, 2, dtype=torch.bfloat16) * 0.01 for _ in range(L)]
                 fn_for = lambda x, p=packed, s=sz: (  # noqa: E731
                     lambda i: torch._weight_int4pack_mm_for_cpu(x, p[i], group, s[i]))
@@ -224,7 +228,7 @@ def paired_goals(threads: int, rounds: int, layers: int = 16):
     group = 128
     q4 = [random_quant_layer(K, N, 4, group) for _ in range(layers)]
     q3 = [random_quant_layer(K, N, 3, group) for _ in range(layers)]
-    dense_bf16 = [torch.randn(N, K, dtype=torch.bfloat16) * 0.02 for _ in range(layers)]
+    dense_bf16 = [hugepage_copy(torch.randn(N, K, dtype=torch.bfloat16) * 0.02) for _ in range(layers)]
     x1 = torch.randn(1, K)
     x1b = x1.to(torch.bfloat16)
     x128b = torch.randn(128, K).to(torch.bfloat16)
@@ -304,12 +308,15 @@ def main(argv=None):
     p.add_argument("--goals", action="store_true", help="measure issue 2's goal ratios side by side (paired rounds)")
     p.add_argument("--goals-only", action="store_true", help="only the paired goal measurement, no tables")
     p.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels instead")
+    p.add_argument("--no-hugepages", action="store_true", help="every weight on ordinary 4 KiB pages")
     args = p.parse_args(argv)
+    if args.no_hugepages:
+        os.environ["SLIMFORMER_HUGEPAGES"] = "0"
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     meta = dict(date=str(date.today()), machine=platform.machine(), cpu=_cpu_name(), threads=args.threads,
                 torch=torch.__version__, slimformer=slimformer.__version__, cpu_features=ops.cpu_features(),
-                isa=ops.cpu_isa())
+                isa=ops.cpu_isa(), hugepages=not args.no_hugepages)
     if args.cuda:
         if not torch.cuda.is_available():
             sys.exit("--cuda: no CUDA device")

@@ -11,7 +11,9 @@ each M, timed side by side in alternating repeats (median of repeats of the medi
 Effective GB/s is the compressed weight bytes (values + bitmask; for int4 the tiles, scales and zeros) over the time,
 against a read bandwidth measured here (torch sum over 1 GiB). The bandwidth of these shared machines moves by up to
 2x within minutes, so it is probed in every repeat, between the kernel's timings, and the fraction is the median of
-the per-repeat fractions (each kernel time over the bandwidth measured next to it). Prints a table, writes JSON.
+the per-repeat fractions (each kernel time over the bandwidth measured next to it). Every weight, ours and the
+dense baselines', and the bandwidth probe lie on transparent huge pages where the OS allows (slimformer.hugepages, as
+the modules keep theirs); --no-hugepages puts them all on ordinary pages. Prints a table, writes JSON.
 
     python benchmarks/bench_sparse24.py --json benchmarks/results/sparse24_cpu_zen4.json
     python benchmarks/bench_sparse24.py --shapes 4096x11008 --m 1 --rounds 7
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_gptq import _cpu_name, median_us, random_quant_layer, read_bandwidth_gbs  # noqa: E402
 
 import slimformer  # noqa: E402
+from slimformer.hugepages import hugepage_copy  # noqa: E402
 from slimformer.sparse24 import format as F  # noqa: E402
 
 
@@ -44,7 +47,7 @@ def make_layers(K: int, N: int, count: int, dtype: torch.dtype, seed: int = 0):
         w = (torch.randn(N, K, generator=g) * 0.02).to(dtype)
         mask = F.nm_mask(w.float().abs())
         values, bitmask = F.compress(w, mask)
-        out.append(((values, bitmask), w * mask))
+        out.append(((hugepage_copy(values), hugepage_copy(bitmask)), hugepage_copy(w * mask)))
     return out
 
 
@@ -73,9 +76,12 @@ def main():
     p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows (half the memory and time)")
     p.add_argument("--no-int4", action="store_true", help="skip the 2:4 + int4 rows")
     p.add_argument("--json", default=None)
+    p.add_argument("--no-hugepages", action="store_true", help="every weight and the probe on ordinary 4 KiB pages")
     args = p.parse_args()
+    if args.no_hugepages:
+        os.environ["SLIMFORMER_HUGEPAGES"] = "0"
     torch.set_num_threads(args.threads)
-    probe = torch.ones(1024 * 1024 * 1024 // 4)
+    probe = hugepage_copy(torch.ones(1024 * 1024 * 1024 // 4))
     probes = []
 
     def bandwidth_now():
@@ -127,7 +133,8 @@ def main():
         del layers
     meta = dict(date=str(date.today()), cpu=_cpu_name(), threads=args.threads, torch=torch.__version__,
                 cpu_features=slimformer.ops.cpu_features(), isa=slimformer.ops.cpu_isa(),
-                read_bandwidth_gbs=statistics.median(probes) if probes else None, layers=args.layers, rounds=args.rounds, repeats=args.repeats)
+                read_bandwidth_gbs=statistics.median(probes) if probes else None, layers=args.layers, rounds=args.rounds,
+                repeats=args.repeats, hugepages=not args.no_hugepages)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
         print(f"wrote {args.json}")

@@ -62,6 +62,9 @@ TORCH_LIBRARY(slimformer, m) {
   // Zero-TPrune's weighted PageRank: `iterations` times s <- attn^T s per sequence, attn float32 [B, N, N] (rows:
   // queries; row stride free), s float32 [B, N] the start; returns the result (CPU; csrc/tokens/tokens_cpu.h).
   m.def("wpr(Tensor attn, Tensor s, int iterations) -> Tensor");
+  // A contiguous copy of a CPU tensor on 2 MiB-aligned memory advised as transparent huge pages (Linux; elsewhere
+  // or below 2 MiB a plain copy): where the modules keep their packed weights (csrc/common/hugepage_ops.cpp).
+  m.def("cpu_hugepage_copy(Tensor t) -> Tensor");
   m.def("cpu_isa() -> str", &slimformer::cpu_isa_op);
   m.def("cpu_features() -> str", &slimformer::cpu_features_op);
 }

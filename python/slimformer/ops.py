@@ -88,6 +88,10 @@ if HAS_NATIVE:
         _same_device(attn=attn, s=s)
         return s.new_empty(s.shape)
 
+    @torch.library.register_fake("slimformer::cpu_hugepage_copy")
+    def _cpu_hugepage_copy_fake(t):
+        return t.new_empty(t.shape)
+
     @torch.library.register_fake("slimformer::_unpack_bits")
     def _unpack_bits_fake(words, bits, count):
         return words.new_empty((count, words.shape[1]))

@@ -10,17 +10,21 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..hugepages import HugePageBuffers
 from ..hf.swap import is_linear_like, linear_weight
 from ..formats import gptq_format
 from . import format as fmt
 from .algorithm import GPTQResult, gptq, round_to_nearest
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(HugePageBuffers, nn.Module):
     """y = x @ W^T + b with W stored as GPTQ integers (bits in {2, 3, 4, 8}) and fp16 group scales.
 
     Build one with `from_linear` (round-to-nearest) or `from_gptq` (Hub tensors), or construct an empty layer
     and `load_state_dict` a Hub checkpoint into it."""
+
+    # the kernel layout, set by _repack (never loaded in place), kept on 2 MiB pages on the CPU (HugePageBuffers)
+    _hugepage_buffers = ("qtiles",)
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int = 128, bias: bool = True,
                  *, sym: bool = True, checkpoint_format: str = "gptq", device=None):

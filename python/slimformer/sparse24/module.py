@@ -5,17 +5,20 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..hugepages import HugePageBuffers
 from ..hf.swap import is_linear_like, linear_weight
 from . import format as fmt
 
 
-class Sparse24Linear(nn.Module):
+class Sparse24Linear(HugePageBuffers, nn.Module):
     """y = x @ W^T + b where W [out, in] keeps n of every m consecutive inputs (2:4 unless told otherwise).
 
     Buffers (the compressed-tensors sparse-24-bitmask layout, format.py): `values` [out, in * n / m] in fp32, bf16 or
     fp16, `bitmask` uint8 [out, ceil(in / 8)], `bias` [out] or None. Build one with `from_linear` (magnitude),
     `from_dense` (a weight and its mask), `slimformer.sparse24.prune_weight` (SparseGPT, Wanda), or construct an empty
     layer and load_state_dict into it."""
+
+    _hugepage_buffers = ("values", "bitmask")  # kept on 2 MiB pages on the CPU (HugePageBuffers)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, n: int = 2, m: int = 4,
                  dtype: torch.dtype = torch.float32, device=None):
@@ -32,6 +35,7 @@ class Sparse24Linear(nn.Module):
         first = (torch.arange(in_features, device=device) % m < n).expand(out_features, in_features)
         self.register_buffer("bitmask", fmt.pack_bitmask(first))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self._hugepage_init()
 
     # ----------------------------------------------------------------------------------------------- builders
     @classmethod
@@ -109,7 +113,7 @@ class Sparse24Linear(nn.Module):
         return nn.functional.linear(x, w, bias)
 
 
-class Sparse24QuantLinear(nn.Module):
+class Sparse24QuantLinear(HugePageBuffers, nn.Module):
     """y = x @ W^T + b where W [out, in] is 2:4 sparse and its kept weights are 4-bit integers with a scale and zero
     point per group_size input columns (what the joint SparseGPT + GPTQ pass produces: 2:4 + int4).
 
@@ -121,6 +125,7 @@ class Sparse24QuantLinear(nn.Module):
     against 1.13 for 2:4 with bf16 values and 0.52 for dense int4."""
 
     bits = fmt.INT4_BITS
+    _hugepage_buffers = ("tiles",)  # kept on 2 MiB pages on the CPU (HugePageBuffers)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 128,
                  scales_dtype: torch.dtype = torch.float16, device=None):
@@ -141,6 +146,7 @@ class Sparse24QuantLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, groups, dtype=scales_dtype, device=device))
         self.register_buffer("zeros", torch.full((out_features, groups), 8, dtype=torch.uint8, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self._hugepage_init()
 
     @classmethod
     def from_quantized(cls, codes: torch.Tensor, mask: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
