@@ -65,7 +65,7 @@ def test_bf16_activations(cpu_isa, m_path, monkeypatch, bits, K, N, gs, act_orde
         # two bf16 ulps of the output, plus a few fp32 ulps of the terms' magnitude sum |x| |W| for outputs that
         # nearly cancel (there the order of the fp32 additions decides the low bits of a tiny result).
         y32 = layer(x.float()).to(torch.bfloat16)
-        if int_path == "never" or m_path == "tiled":
+        if int_path == "never" or (m_path == "tiled" and not _amx_route(cpu_isa, bits, K, kgs)):
             assert torch.equal(y, y32)
         else:
             W = F.reference_dequantize(hub["qweight"], hub["qzeros"], hub["scales"], hub["g_idx"], bits=bits,
@@ -73,6 +73,42 @@ def test_bf16_activations(cpu_isa, m_path, monkeypatch, bits, K, N, gs, act_orde
             terms = x.double().abs() @ W.abs()
             tol = y32.double().abs() * 2.0 ** -7 + terms * 2.0 ** -22
             assert torch.all((y.double() - y32.double()).abs() <= tol + 1e-30)
+
+
+def _amx_route(cpu_isa, bits, K, kgs):
+    """Whether bf16 activations take the AMX large-M route (past its row threshold): the amx level, 2- or 4-bit
+    weights, K and the group size multiples of 32 (csrc/gptq/gptq_cpu_ops.cpp)."""
+    return cpu_isa == "amx" and bits in (2, 4) and K % 32 == 0 and kgs % 32 == 0
+
+
+@pytest.mark.parametrize("bits,K,N,gs", [(4, 256, 72, 32), (4, 512, 40, 128), (4, 320, 96, -1), (2, 256, 48, 64),
+                                         (4, 384, 24, 128)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_amx_large_m_route(cpu_isa, monkeypatch, bits, K, N, gs, act_order):
+    # The AMX route (amx level, bf16 activations) forced for every row count, odd M (tails of 16-row blocks, an odd
+    # number of blocks), N not a multiple of 32 (the last column tile cut), act-order, bias: within the bf16 output
+    # rounding of the float64 reference, and within two bf16 ulps plus a few fp32 ulps of sum |x| |W| of the float
+    # kernel's result (products exact, fp32 sums in another order). On the other levels the same calls take the
+    # dequantize-tiles path, so the test still runs there.
+    monkeypatch.setenv("SLIMFORMER_CPU_LARGE_M", "1")
+    layer, hub = _layer(bits, K, N, gs, act_order, "gptq")
+    assert hub["bias"] is not None
+    kgs = F.resolve_group_size(gs, K)
+    W = F.reference_dequantize(hub["qweight"], hub["qzeros"], hub["scales"], hub["g_idx"], bits=bits, group_size=kgs,
+                               in_features=K, out_features=N)
+    for M in (1, 15, 16, 17, 33, 48, 130):
+        x = torch.randn(M, K).to(torch.bfloat16)
+        x[0, : K // 3] *= 1e-4
+        ref = F.reference_gemm(x.double(), **hub, bits=bits, group_size=kgs, in_features=K, out_features=N)
+        y = layer(x)
+        assert y.dtype == torch.bfloat16 and y.shape == (M, N)
+        assert rel_err(y, ref) < 8e-3, (M, rel_err(y, ref))
+        monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "never")
+        yf = layer(x.float())
+        monkeypatch.setenv("SLIMFORMER_CPU_INT_PATH", "auto")
+        terms = x.double().abs() @ W.abs() + hub["bias"].double().abs()
+        tol = yf.double().abs() * 2.0 ** -7 + terms * 2.0 ** -22
+        assert torch.all((y.double() - yf.double()).abs() <= tol + 1e-30), M
 
 
 def _bf16_values(t):

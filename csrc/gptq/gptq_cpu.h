@@ -129,6 +129,17 @@ struct SmallMBf16Args {
   int64_t M;
 };
 
+// Large-M route on AMX tiles (amx level, bf16 activations, bf16_bits(bits), K and the group size multiples of 32;
+// gptq_cpu_amx.h). Rows are padded to a multiple of 16: x and xsum hold ceil(M / 16) * 16 rows, the padding zero.
+//   x     bf16 [Mp, K]  the activations in kernel row order (bit patterns)
+//   xsum  fp32 [Mp, G]  plain sum of the activations of each group (prepare_rows_bf16's)
+struct LargeMAmxArgs {
+  TiledWeight w;
+  const uint16_t* x;
+  const float* xsum;
+  KernelOutput y;
+  int64_t M;
+};
 // One ISA's kernels. prepare_rows fills xs, xsum and row_scale for activation rows [m0, m1) of x [M, K]
 // (kernel row order) the way that ISA's small_m_gemm reads them.
 struct CpuKernels {
@@ -151,6 +162,8 @@ struct CpuKernels {
   // or with 0 < max |x| < 2^-100 (there a flushed partial sum could matter).
   bool (*prepare_rows_bf16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xb, float* xsum);
   void (*small_m_gemm_bf16)(const SmallMBf16Args& a, int64_t t0, int64_t t1);
+  // AMX large-M route (null below the amx level) over column tiles [t0, t1).
+  void (*large_m_gemm_amx)(const LargeMAmxArgs& a, int64_t t0, int64_t t1);
 };
 const CpuKernels& cpu_kernels_scalar();
 const CpuKernels& cpu_kernels_avx2();

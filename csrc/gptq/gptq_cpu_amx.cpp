@@ -1,7 +1,7 @@
 // AMX-level instantiation of the GPTQ CPU kernels (Sapphire Rapids and later Xeons): the avx512bf16 kernels, except
 // that the fp32 kernel converts its integers to float instead of reading them as denormals (simd_avx512.h: Intel
-// cores take a microcode assist on each denormal operand). CMake compiles this TU with the amx flags (by its suffix);
-// none of its kernels uses the tiles.
+// cores take a microcode assist on each denormal operand), plus the large-M route for bf16 activations on the tiles
+// (gptq_cpu_amx.h). CMake compiles this TU with the amx flags (by its suffix).
 #define SF_ISA_NS amx_impl
 #define SF_SIMD_MANTISSA_EXTRACTION 0
 #include "common/simd_avx512.h"
@@ -15,6 +15,7 @@ using V = simd::amx_impl::V;
 }  // namespace slimformer
 #include "common/cpu_dispatch.h"
 #include "gptq_cpu_bf16.h"
+#include "gptq_cpu_amx.h"
 #include "gptq_cpu_kernel.h"
 
 namespace slimformer {

@@ -75,16 +75,22 @@ inline bool prepare_rows_i16_any(const TiledWeight& w, KernelInput x, int64_t m0
 inline void small_m_gemm_i16_any(const SmallMI16Args& a, int64_t t0, int64_t t1) {
   dispatch_bits<SmallMGemmI16>(a.w.bits, a, t0, t1);
 }
-// The level's table; the bf16 kernel is in it where the TU included gptq_cpu_bf16.h first (avx512bf16, amx).
+// The level's table; the bf16 kernel is in it where the TU included gptq_cpu_bf16.h first (avx512bf16, amx), the
+// AMX large-M route where it included gptq_cpu_amx.h (amx).
 inline CpuKernels kernels() {
+#if defined(SF_GPTQ_AMX_KERNEL)
+  constexpr auto large_m_amx = &large_m_gemm_amx_any;
+#else
+  constexpr void (*large_m_amx)(const LargeMAmxArgs&, int64_t, int64_t) = nullptr;
+#endif
 #if defined(SF_GPTQ_BF16_KERNEL)
-  return CpuKernels{&prepare_rows_any,     &small_m_gemm_any,    &dequant_tiles_any, &prepare_rows_i16_any,
-                    &small_m_gemm_i16_any, &prepare_rows_a8_any, &small_m_gemm_a8,   &prepare_rows_bf16_any,
-                    &small_m_gemm_bf16_any};
+  return CpuKernels{&prepare_rows_any,      &small_m_gemm_any,    &dequant_tiles_any, &prepare_rows_i16_any,
+                    &small_m_gemm_i16_any,  &prepare_rows_a8_any, &small_m_gemm_a8,   &prepare_rows_bf16_any,
+                    &small_m_gemm_bf16_any, large_m_amx};
 #else
   return CpuKernels{&prepare_rows_any,     &small_m_gemm_any,    &dequant_tiles_any, &prepare_rows_i16_any,
                     &small_m_gemm_i16_any, &prepare_rows_a8_any, &small_m_gemm_a8,   nullptr,
-                    nullptr};
+                    nullptr,               large_m_amx};
 #endif
 }
 

@@ -5,8 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -31,8 +33,14 @@ const CpuKernels& kernels_for(CpuIsa isa) { return kCpuKernels.get(isa); }
 //   2-core AVX2 EPYC (Zen 3), fp32: 29.0 vs 32.2 ms at M=128, 62.8 vs 62.6 at 256, 123 vs 117 at 512 -> 256;
 //   2-core AVX-512 EPYC (Zen 4), bf16 (avx512vnni integer kernel): 12.0 vs 27.3 ms at 128, 24.5 vs 51.1 at 256,
 //   51.1 vs 105.6 at 512; fp32: 22.5 vs 27.0, 44.2 vs 68.5, 88.3 vs 105.0 -> the fused kernels at every M.
-// SLIMFORMER_CPU_LARGE_M overrides it.
-int64_t large_m_threshold(CpuIsa isa) {
+// On the amx level, bf16 activations with 2- or 4-bit weights (K and the group size multiples of 32) take the AMX
+// route (gptq_cpu_amx.h) from kAmxMinRows rows instead. Measured on a 2-vCPU Xeon (AMX, KVM; 8 x 4096x11008 int4
+// g128, 2 threads, ms per layer, fused bf16 kernel / AMX route): M=1 1.07-1.15 / 2.81-2.85, M=4 2.31-2.36 /
+// 2.69-2.82, M=8 4.46-4.53 / 2.67-2.89, M=16 8.98-9.42 / 2.82, M=32 17.8-18.5 / 3.15-3.54; the AMX route costs
+// ~2.8 ms up to 16 rows (building its weight tiles), the fused kernel ~0.57 ms a row -> from 6 rows.
+// SLIMFORMER_CPU_LARGE_M overrides both.
+constexpr int64_t kAmxMinRows = 6;
+int64_t large_m_threshold(CpuIsa isa, bool amx) {
   if (const char* s = std::getenv("SLIMFORMER_CPU_LARGE_M")) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
@@ -40,6 +48,7 @@ int64_t large_m_threshold(CpuIsa isa) {
                 "'");
     return v;
   }
+  if (amx) return kAmxMinRows;
   return isa >= CpuIsa::kAvx512 ? std::numeric_limits<int64_t>::max() : 256;
 }
 
@@ -158,6 +167,32 @@ void large_m_path(const at::Tensor& x, const TiledWeight& w, const at::Tensor& b
   if (!y32.is_same(y)) y.copy_(y32);
 }
 
+// The AMX large-M route (bf16 activations); false, having written nothing, when prepare_rows_bf16 refuses a row.
+bool large_m_amx_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
+  const int64_t K = w.K, G = w.groups(), Mp = (M + 15) / 16 * 16;
+  // xb [M, K/2] (int32; prepare_rows_bf16 fills it, the tiles read x itself) and xsum [Mp, G] (fp32, padding 0)
+  at::Tensor ws = workspace(M * (K / 2) + Mp * G);
+  int32_t* xb = ws.data_ptr<int32_t>();
+  float* xsum = reinterpret_cast<float*>(xb + M * (K / 2));
+  std::fill(xsum + M * G, xsum + Mp * G, 0.f);
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
+    if (!kern.prepare_rows_bf16(w, x, b, e, xb, xsum)) ok = false;
+  });
+  if (!ok) return false;
+  // A tiles load 16 rows at a time: pad x with zero rows to a multiple of 16
+  const uint16_t* xr = static_cast<const uint16_t*>(x.data);
+  at::Tensor padded;
+  if (Mp != M) {
+    padded = at::zeros({Mp, K}, at::TensorOptions().dtype(at::kBFloat16));
+    std::memcpy(padded.data_ptr(), xr, static_cast<size_t>(M * K) * 2);
+    xr = reinterpret_cast<const uint16_t*>(padded.data_ptr());
+  }
+  const LargeMAmxArgs args{w, xr, xsum, y, M};
+  at::parallel_for(0, w.n_tiles(), 1, [&](int64_t b, int64_t e) { kern.large_m_gemm_amx(args, b, e); });
+  return true;
+}
+
 // What both GEMM ops set up from their arguments: checked, kernel-order activations x2 [M, K] (x itself when
 // possible), the output y in x's dtype and shape, an fp32 bias (every path adds it to the fp32 result before
 // rounding to y's dtype), and the kernels' views of them.
@@ -188,7 +223,13 @@ GemmCall prepare_gemm_call(const at::Tensor& x, const TiledWeight& w, const c10:
 // The exact GEMM of a set-up call (M > 0) into c.y.
 void exact_gemm(const GemmCall& c, const TiledWeight& w, at::ScalarType x_dtype, CpuIsa isa) {
   const CpuKernels& kern = kernels_for(isa);
-  if (c.M >= large_m_threshold(isa)) {
+  const int64_t gs = std::min(w.group_size, w.K);
+  // the AMX route multiplies as the bf16 kernel does, so it goes where the bf16 kernel would at any row count
+  // (SLIMFORMER_CPU_INT_PATH=never or always keeps it out)
+  const bool amx = kern.large_m_gemm_amx != nullptr && w.K % 32 == 0 && gs % 32 == 0 &&
+                   small_m_kernel(x_dtype, w.bits, std::max(c.M, kBf16MinRows), kern) == SmallMKernel::kBf16;
+  if (c.M >= large_m_threshold(isa, amx)) {
+    if (amx && large_m_amx_path(c.in, c.M, w, c.out, kern)) return;
     at::Tensor y2 = c.y.view({c.M, w.N});
     large_m_path(c.x2.view({c.M, w.K}), w, c.bias_f, y2, kern);
     return;
