@@ -168,7 +168,9 @@ def sparse24_speed(name: str) -> str:
                  rows) + ("\n\nRows `int4-bf16` / `int4-fp32`: 2:4 + int4 (`Sparse24QuantLinear`, group 128) against our "
                           "dense int4 kernel (`QuantLinear`, group 128) in the \"dense\" column; the others against dense "
                           "torch `F.linear` in that dtype." if any(r["dtype"].startswith("int4") for r in d["rows"]) else "") + (_bandwidth_note(d) + "; ISA path "
-                          f"`{m['isa']}`; {m['layers']} layers, {m['repeats']} alternating repeats of {m['rounds']} rounds "
+                          f"`{m['isa']}`; {m['layers']} layers, {m['repeats']} alternating repeats of {m['rounds']} rounds"
+                          + ("; every weight, ours and the baselines', and the probe on transparent huge pages"
+                             if m.get("hugepages") else "") + " "
                           f"(`results/{name}`, {m['date']}, {m['cpu']}, {m['threads']} threads).")
 
 
@@ -295,6 +297,9 @@ SECTIONS = {
     "int8": int8,
     "sparse24-zen4": lambda: sparse24_speed("sparse24_cpu_zen4.json"),
     "sparse24-emr": lambda: sparse24_speed("sparse24_cpu_emr.json"),
+    "sparse24-xeon167": lambda: sparse24_speed("sparse24_cpu_xeon167_bf16.json"),
+    "sparse24-xeon167-full": lambda: sparse24_speed("sparse24_cpu_xeon167.json"),
+    "goals-xeon167": lambda: goals([("amx (default)", "gptq_cpu_goals_xeon167_amx.json")]),
     "sparse24-quality": sparse24_quality,
     "sparsegpt-published": sparsegpt_published,
     "tokens-speed": lambda: tokens_speed("tokens_speed_zen4.json"),

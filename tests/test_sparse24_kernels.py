@@ -70,6 +70,24 @@ def test_large_m_bf16_kernel_matches_the_reference(sparse24_isa, monkeypatch, M,
     assert ((y.float() - y_small.float()).abs() <= 2 ** -7 * y_small.float().abs() + 1e-3).all()
 
 
+@pytest.mark.parametrize("M,K", [(130, 3624), (300, 3624), (48, 11008)])
+def test_large_m_bf16_kernel_long_inputs(sparse24_isa, monkeypatch, M, K):
+    """Long rows: on AMX the packed activations of all of K pass 1 MiB, so K is taken in chunks with the sums held
+    between them (130 rows: chunks of 113 blocks of 32 inputs, the tail block alone in the last; 300 rows: a pass of
+    256 rows in chunks of 64 blocks and one of 44 rows in one chunk; 48 rows x 11008 inputs: chunks of 341 and 3
+    blocks)."""
+    use_path(monkeypatch, LARGE_M)
+    N = 67
+    values, bitmask = make(N, K, torch.bfloat16, seed=M + K)
+    x = torch.randn(M, K).bfloat16()
+    y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, N)
+    assert error(y, x, values, bitmask, None, K) < 4e-3
+    use_path(monkeypatch, SMALL_M)
+    y_small = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
+    assert ((y.float() - y_small.float()).abs() <= 2 ** -7 * y_small.float().abs() + 1e-3).all()
+
+
 def test_routes_env_is_checked(monkeypatch):
     values, bitmask = make(8, 32, torch.bfloat16)
     monkeypatch.setenv("SLIMFORMER_SPARSE24_LARGE_M", LARGE_M)

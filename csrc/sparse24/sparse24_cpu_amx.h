@@ -15,7 +15,7 @@
 // (32 x K x 2 bytes, 256 KiB at 4096 inputs, which stays in L2), then for each pair of activation row blocks 2 x 2 C
 // tiles accumulate over all of K (per 32 inputs: 2 A and 2 B tile loads, 4 tdpbf16ps), and go out through a 16 x 16
 // transpose with the bias added in fp32 and one rounding to bf16. The packed activations (M x K x 2 bytes) are read
-// once per 32 output rows, from L2 up to 128 rows at 4096 inputs. While a pass multiplies, the next pass's values and
+// once per 32 output rows, from L2 up to 128 rows at 4096 inputs; beyond 1 MiB of them K goes in chunks (below). While a pass multiplies, the next pass's values and
 // bitmask are prefetched into L2 a few lines per step, so its expansion does not wait on DRAM.
 //
 // Tails: activation rows past M and inputs past K are packed as zeros; output rows past the range are expanded as
@@ -101,114 +101,158 @@ struct alignas(64) AmxTileConfig {
 // A 32-input word of the bitmask keeps 2 of each group of 4.
 inline bool word_is_2_of_4(uint32_t w) { return groups_are_2_of_4(w | uint64_t{0x33333333} << 32); }
 
+// Inputs per chunk, in 32-input blocks: the packed activations of one chunk (row blocks x blocks x 1 KiB) are at most
+// this many bytes, so that they stay in L2 beside the A tiles while every pass of the call reads them.
+constexpr int64_t kAmxChunkBytes = int64_t{1} << 20;
+
 // y[:, n0:n1) = x @ W[n0:n1)^T from the packed activations (a.xb unused).
+//
+// Where the packed activations of all of K would not stay in L2 (at 128 rows: K above 4096), K is taken in chunks,
+// the chunk loop outside the passes, and each pass's C tiles wait between chunks in a per-thread buffer (4 KiB per
+// pass and pair of row blocks); otherwise every pass streamed all of them from L3 (11008 inputs, M=128: 2.8 MB a
+// pass, 1.30x dense torch bf16's time).
 inline bool gemm_amx_bf16(const GemmArgs& a, const uint8_t* packed, int64_t n0, int64_t n1) {
   const int64_t K = a.K, KBk = amx_k_blocks(K), MB = wide_row_blocks(a.M), KV = K / 2, KB = (K + 7) / 8;
   const int64_t full = K / kAmxK, tail_groups = (K % kAmxK) / 4;
+  const int64_t chunk = std::min(KBk, std::max<int64_t>(8, kAmxChunkBytes / (MB * kAmxTileBytes)));
+  const int64_t pairs = (MB + 1) / 2, passes = (n1 - n0 + kAmxRows - 1) / kAmxRows;
   const uint16_t* values = static_cast<const uint16_t*>(a.values);
   thread_local std::vector<uint8_t> store;
-  if (store.size() < static_cast<size_t>(KBk * 2 * kAmxTileBytes + 64)) store.resize(KBk * 2 * kAmxTileBytes + 64);
+  if (store.size() < static_cast<size_t>(chunk * 2 * kAmxTileBytes + 64)) store.resize(chunk * 2 * kAmxTileBytes + 64);
   uint8_t* abuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t{63});
+  thread_local std::vector<float> held;  // C tiles between chunks: [pass][pair][4 tiles][256]
+  if (chunk < KBk && held.size() < static_cast<size_t>(passes * pairs * 4 * 256 + 16))
+    held.resize(passes * pairs * 4 * 256 + 16);
+  float* hbuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(held.data()) + 63) & ~uintptr_t{63});
   alignas(64) float cbuf[4][256];
   static const AmxTileConfig config;
   _tile_loadconfig(&config);
   bool good = true;
-  for (int64_t nb = n0; nb < n1; nb += kAmxRows) {
-    const int64_t rows = std::min(kAmxRows, n1 - nb);
-    // the 32 rows' A tiles: block kb's two tiles (rows 0-15, 16-31) at abuf + kb * 2 KiB, 64 bytes a row
-    for (int64_t r = 0; r < kAmxRows; ++r) {
-      uint8_t* dst = abuf + (r / 16) * kAmxTileBytes + (r % 16) * 64;
-      if (r >= rows) {
-        for (int64_t kb = 0; kb < KBk; ++kb) _mm512_store_si512(dst + kb * 2 * kAmxTileBytes, _mm512_setzero_si512());
-        continue;
-      }
-      const uint16_t* v = values + (nb + r - a.row0) * KV;
-      const uint8_t* mk = a.bitmask + (nb + r - a.row0) * KB;
-      for (int64_t kb = 0; kb < full; ++kb) {
-        uint32_t bits;
-        std::memcpy(&bits, mk + 4 * kb, 4);
-        if (!word_is_2_of_4(bits)) {
-          good = false;
-          bits = 0x33333333u;
+  for (int64_t kc0 = 0; kc0 < KBk; kc0 += chunk) {
+    const int64_t kc1 = std::min(KBk, kc0 + chunk), nblk = kc1 - kc0;
+    const bool first = kc0 == 0, last = kc1 == KBk;
+    for (int64_t nb = n0; nb < n1; nb += kAmxRows) {
+      const int64_t rows = std::min(kAmxRows, n1 - nb);
+      // the 32 rows' A tiles of the chunk: block kb's two tiles (rows 0-15, 16-31) at abuf + (kb - kc0) * 2 KiB
+      for (int64_t r = 0; r < kAmxRows; ++r) {
+        uint8_t* dst = abuf + (r / 16) * kAmxTileBytes + (r % 16) * 64;
+        if (r >= rows) {
+          for (int64_t kb = 0; kb < nblk; ++kb) _mm512_store_si512(dst + kb * 2 * kAmxTileBytes, _mm512_setzero_si512());
+          continue;
         }
-        _mm512_store_si512(dst + kb * 2 * kAmxTileBytes,
-                           _mm512_maskz_expand_epi16(bits, _mm512_castsi256_si512(_mm256_loadu_si256(
-                                                               reinterpret_cast<const __m256i*>(v + 16 * kb)))));
-      }
-      if (tail_groups) {
-        const uint32_t keep = (1u << (4 * tail_groups)) - 1;  // tail_groups < 8
-        uint32_t bits = 0;
-        std::memcpy(&bits, mk + 4 * full, static_cast<size_t>((4 * tail_groups + 7) / 8));
-        bits &= keep;
-        if (!word_is_2_of_4(bits | (0x33333333u & ~keep))) {
-          good = false;
-          bits = 0x33333333u & keep;
+        const uint16_t* v = values + (nb + r - a.row0) * KV;
+        const uint8_t* mk = a.bitmask + (nb + r - a.row0) * KB;
+        for (int64_t kb = kc0; kb < std::min(kc1, full); ++kb) {
+          uint32_t bits;
+          std::memcpy(&bits, mk + 4 * kb, 4);
+          if (!word_is_2_of_4(bits)) {
+            good = false;
+            bits = 0x33333333u;
+          }
+          _mm512_store_si512(dst + (kb - kc0) * 2 * kAmxTileBytes,
+                             _mm512_maskz_expand_epi16(bits, _mm512_castsi256_si512(_mm256_loadu_si256(
+                                                                 reinterpret_cast<const __m256i*>(v + 16 * kb)))));
         }
-        _mm512_store_si512(dst + full * 2 * kAmxTileBytes, _mm512_maskz_expandloadu_epi16(bits, v + 16 * full));
-      }
-    }
-    // the next pass's values and bitmask (each a contiguous run of rows) are prefetched into L2 over this pass's
-    // multiplies, a few lines per step, so that its expansion reads from cache, not DRAM
-    const int64_t next = std::min(nb + kAmxRows, n1), next_rows = std::min(kAmxRows, n1 - next);
-    const char* pv = reinterpret_cast<const char*>(values + (next - a.row0) * KV);
-    const char* pm = reinterpret_cast<const char*>(a.bitmask + (next - a.row0) * KB);
-    const int64_t v_lines = (next_rows * KV * 2 + 63) / 64, m_lines = (next_rows * KB + 63) / 64;
-    const int64_t steps = (MB + 1) / 2 * KBk, per_step = (v_lines + m_lines + steps - 1) / steps;
-    int64_t line = 0;
-    auto prefetch_some = [&] {
-      for (int64_t i = 0; i < per_step && line < v_lines + m_lines; ++i, ++line)
-        _mm_prefetch(line < v_lines ? pv + 64 * line : pm + 64 * (line - v_lines), _MM_HINT_T1);
-    };
-    for (int64_t mb = 0; mb < MB; mb += 2) {
-      const bool two = mb + 1 < MB;
-      const uint8_t* b0 = packed + mb * KBk * kAmxTileBytes;
-      const uint8_t* b1 = b0 + KBk * kAmxTileBytes;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      if (two) {
-        for (int64_t kb = 0; kb < KBk; ++kb) {
-          _tile_loadd(4, abuf + kb * 2 * kAmxTileBytes, 64);
-          _tile_loadd(6, b0 + kb * kAmxTileBytes, 64);
-          _tile_loadd(5, abuf + kb * 2 * kAmxTileBytes + kAmxTileBytes, 64);
-          _tile_loadd(7, b1 + kb * kAmxTileBytes, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          prefetch_some();
-        }
-      } else {
-        for (int64_t kb = 0; kb < KBk; ++kb) {
-          _tile_loadd(4, abuf + kb * 2 * kAmxTileBytes, 64);
-          _tile_loadd(6, b0 + kb * kAmxTileBytes, 64);
-          _tile_loadd(5, abuf + kb * 2 * kAmxTileBytes + kAmxTileBytes, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(2, 5, 6);
-          prefetch_some();
+        if (tail_groups && kc1 > full) {
+          const uint32_t keep = (1u << (4 * tail_groups)) - 1;  // tail_groups < 8
+          uint32_t bits = 0;
+          std::memcpy(&bits, mk + 4 * full, static_cast<size_t>((4 * tail_groups + 7) / 8));
+          bits &= keep;
+          if (!word_is_2_of_4(bits | (0x33333333u & ~keep))) {
+            good = false;
+            bits = 0x33333333u & keep;
+          }
+          _mm512_store_si512(dst + (full - kc0) * 2 * kAmxTileBytes,
+                             _mm512_maskz_expandloadu_epi16(bits, v + 16 * full));
         }
       }
-      // C tile 2h + q: output rows nb + 16h .. (A half h) x activation rows 16 (mb + q) .. (B tile q)
-      _tile_stored(0, cbuf[0], 64);
-      _tile_stored(1, cbuf[1], 64);
-      _tile_stored(2, cbuf[2], 64);
-      _tile_stored(3, cbuf[3], 64);
-      for (int h = 0; h < 2; ++h) {
-        const int64_t n = nb + 16 * h, nreal = std::min<int64_t>(16, rows - 16 * h);
-        if (nreal <= 0) break;
-        const __mmask16 k = static_cast<__mmask16>(nreal >= 16 ? 0xFFFF : (1u << nreal) - 1);
-        const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(k, a.bias + n) : _mm512_setzero_ps();
-        for (int q = 0; q < (two ? 2 : 1); ++q) {
-          __m512 col[16];
-          transpose16(cbuf[2 * h + q], col);
-          const int64_t m0 = 16 * (mb + q), mreal = std::min<int64_t>(16, a.M - m0);
-          for (int64_t j = 0; j < mreal; ++j) {
-            const __m512 v = _mm512_add_ps(col[j], bias);
-            if (a.yb != nullptr)
-              _mm256_mask_storeu_epi16(a.yb + (m0 + j) * a.N + n, k, (__m256i)_mm512_cvtneps_pbh(v));
-            else
-              _mm512_mask_storeu_ps(a.y + (m0 + j) * a.N + n, k, v);
+      // the next pass's values and bitmask of this chunk (a run of bytes in each row) are prefetched into L2 over
+      // this pass's multiplies, a few lines per step, so that its expansion reads from cache, not DRAM
+      const int64_t next = std::min(nb + kAmxRows, n1), next_rows = std::min(kAmxRows, n1 - next);
+      const int64_t vb0 = 32 * kc0, vb1 = std::min<int64_t>(2 * KV, 32 * kc1), mb0 = 4 * kc0,
+                    mb1 = std::min<int64_t>(KB, 4 * kc1);
+      const int64_t v_lines = (vb1 - vb0 + 63) / 64 + 1, m_lines = (mb1 - mb0 + 63) / 64 + 1;
+      const int64_t total_lines = next_rows * (v_lines + m_lines);
+      const int64_t steps = pairs * nblk, per_step = (total_lines + steps - 1) / steps;
+      int64_t line = 0;
+      auto prefetch_some = [&] {
+        for (int64_t i = 0; i < per_step && line < total_lines; ++i, ++line) {
+          const int64_t r = line / (v_lines + m_lines), j = line % (v_lines + m_lines);
+          const char* p = j < v_lines
+                              ? reinterpret_cast<const char*>(values + (next + r - a.row0) * KV) + vb0 + 64 * j
+                              : reinterpret_cast<const char*>(a.bitmask + (next + r - a.row0) * KB) + mb0 +
+                                    64 * (j - v_lines);
+          _mm_prefetch(p, _MM_HINT_T1);
+        }
+      };
+      for (int64_t mb = 0; mb < MB; mb += 2) {
+        const bool two = mb + 1 < MB;
+        const uint8_t* b0 = packed + mb * KBk * kAmxTileBytes;
+        const uint8_t* b1 = b0 + KBk * kAmxTileBytes;
+        float* hold = hbuf + (((nb - n0) / kAmxRows) * pairs + mb / 2) * 4 * 256;
+        if (first) {
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+        } else {
+          _tile_loadd(0, hold, 64);
+          _tile_loadd(1, hold + 256, 64);
+          _tile_loadd(2, hold + 512, 64);
+          _tile_loadd(3, hold + 768, 64);
+        }
+        if (two) {
+          for (int64_t kb = kc0; kb < kc1; ++kb) {
+            const uint8_t* at = abuf + (kb - kc0) * 2 * kAmxTileBytes;
+            _tile_loadd(4, at, 64);
+            _tile_loadd(6, b0 + kb * kAmxTileBytes, 64);
+            _tile_loadd(5, at + kAmxTileBytes, 64);
+            _tile_loadd(7, b1 + kb * kAmxTileBytes, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            prefetch_some();
+          }
+        } else {
+          for (int64_t kb = kc0; kb < kc1; ++kb) {
+            const uint8_t* at = abuf + (kb - kc0) * 2 * kAmxTileBytes;
+            _tile_loadd(4, at, 64);
+            _tile_loadd(6, b0 + kb * kAmxTileBytes, 64);
+            _tile_loadd(5, at + kAmxTileBytes, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            prefetch_some();
+          }
+        }
+        if (!last) {  // the sums wait for the next chunk
+          _tile_stored(0, hold, 64);
+          _tile_stored(1, hold + 256, 64);
+          _tile_stored(2, hold + 512, 64);
+          _tile_stored(3, hold + 768, 64);
+          continue;
+        }
+        // C tile 2h + q: output rows nb + 16h .. (A half h) x activation rows 16 (mb + q) .. (B tile q)
+        _tile_stored(0, cbuf[0], 64);
+        _tile_stored(1, cbuf[1], 64);
+        _tile_stored(2, cbuf[2], 64);
+        _tile_stored(3, cbuf[3], 64);
+        for (int h = 0; h < 2; ++h) {
+          const int64_t n = nb + 16 * h, nreal = std::min<int64_t>(16, rows - 16 * h);
+          if (nreal <= 0) break;
+          const __mmask16 k = static_cast<__mmask16>(nreal >= 16 ? 0xFFFF : (1u << nreal) - 1);
+          const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(k, a.bias + n) : _mm512_setzero_ps();
+          for (int q = 0; q < (two ? 2 : 1); ++q) {
+            __m512 col[16];
+            transpose16(cbuf[2 * h + q], col);
+            const int64_t m0 = 16 * (mb + q), mreal = std::min<int64_t>(16, a.M - m0);
+            for (int64_t j = 0; j < mreal; ++j) {
+              const __m512 v = _mm512_add_ps(col[j], bias);
+              if (a.yb != nullptr)
+                _mm256_mask_storeu_epi16(a.yb + (m0 + j) * a.N + n, k, (__m256i)_mm512_cvtneps_pbh(v));
+              else
+                _mm512_mask_storeu_ps(a.y + (m0 + j) * a.N + n, k, v);
+            }
           }
         }
       }
