@@ -58,13 +58,18 @@ def test_large_m_bf16_kernel_matches_the_reference(sparse24_isa, monkeypatch, M,
     tiles: row blocks of 16 and tiles of 4 of them with tails, passes of at most 256 rows, K blocks of 64 inputs (32
     on AMX) with a tail, superblocks of 240 output rows (passes of 32 on AMX) with tails. Its sums are fp32 sums of
     bf16 products, so only the bf16 output's rounding is left."""
+    check_large_m_bf16(monkeypatch, M, K, N, seed=M + K + N)
+
+
+def check_large_m_bf16(monkeypatch, M, K, N, seed):
+    """The large-M bf16 route against the reference, and against the small-M kernel to the output's rounding (the
+    same products; sums in another order)."""
     use_path(monkeypatch, LARGE_M)
-    values, bitmask = make(N, K, torch.bfloat16, seed=M + K + N)
+    values, bitmask = make(N, K, torch.bfloat16, seed=seed)
     x = torch.randn(M, K).bfloat16()
     y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
     assert y.dtype == torch.bfloat16 and y.shape == (M, N)
     assert error(y, x, values, bitmask, None, K) < 4e-3
-    # and the same products as the sparse small-M kernel, to the output's rounding
     use_path(monkeypatch, SMALL_M)
     y_small = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
     assert ((y.float() - y_small.float()).abs() <= 2 ** -7 * y_small.float().abs() + 1e-3).all()
@@ -76,16 +81,7 @@ def test_large_m_bf16_kernel_long_inputs(sparse24_isa, monkeypatch, M, K):
     between them (130 rows: chunks of 113 blocks of 32 inputs, the tail block alone in the last; 300 rows: a pass of
     256 rows in chunks of 64 blocks and one of 44 rows in one chunk; 48 rows x 11008 inputs: chunks of 341 and 3
     blocks)."""
-    use_path(monkeypatch, LARGE_M)
-    N = 67
-    values, bitmask = make(N, K, torch.bfloat16, seed=M + K)
-    x = torch.randn(M, K).bfloat16()
-    y = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
-    assert y.dtype == torch.bfloat16 and y.shape == (M, N)
-    assert error(y, x, values, bitmask, None, K) < 4e-3
-    use_path(monkeypatch, SMALL_M)
-    y_small = torch.ops.slimformer.sparse24_gemm(x, values, bitmask, None, K)
-    assert ((y.float() - y_small.float()).abs() <= 2 ** -7 * y_small.float().abs() + 1e-3).all()
+    check_large_m_bf16(monkeypatch, M, K, 67, seed=M + K)
 
 
 def test_routes_env_is_checked(monkeypatch):

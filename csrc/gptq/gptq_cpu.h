@@ -157,9 +157,9 @@ struct CpuKernels {
   bool (*prepare_rows_a8)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xa8, float* ascale,
                           float* asum);
   void (*small_m_gemm_a8)(const SmallMA8Args& a, int64_t t0, int64_t t1);
-  // bf16 path (null below the avx512bf16 level). prepare_rows_bf16 fills xb and xsum for rows [m0, m1) of bf16 x;
-  // it returns false, and the caller must take the integer path, for a row holding a non-finite or subnormal value
-  // or with 0 < max |x| < 2^-100 (there a flushed partial sum could matter).
+  // bf16 path (null below the avx512bf16 level). prepare_rows_bf16 fills xb (unless null) and xsum for rows [m0, m1)
+  // of bf16 x; it returns false, and the caller must take the integer path, for a row holding a non-finite or
+  // subnormal value or with 0 < max |x| < 2^-100 (there a flushed partial sum could matter).
   bool (*prepare_rows_bf16)(const TiledWeight& w, KernelInput x, int64_t m0, int64_t m1, int32_t* xb, float* xsum);
   void (*small_m_gemm_bf16)(const SmallMBf16Args& a, int64_t t0, int64_t t1);
   // AMX large-M route (null below the amx level) over column tiles [t0, t1).

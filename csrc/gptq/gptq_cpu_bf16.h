@@ -19,8 +19,8 @@ namespace slimformer {
 namespace gptq {
 namespace SF_ISA_NS {
 
-// Rows [m0, m1) of bf16 x: xb (pairs in xq's order, bit patterns unchanged) and xsum. False for a row with a
-// non-finite or subnormal value or with 0 < max |x| < 2^-100 (see CpuKernels::prepare_rows_bf16).
+// Rows [m0, m1) of bf16 x: xb (pairs in xq's order, bit patterns unchanged; skipped when xb is null) and xsum. False
+// for a row with a non-finite or subnormal value or with 0 < max |x| < 2^-100 (see CpuKernels::prepare_rows_bf16).
 template <int BITS>
 bool prepare_rows_bf16(const TiledWeight& w, const uint16_t* x, int64_t m0, int64_t m1, int32_t* xb, float* xsum) {
   constexpr int UV = unit_values(BITS);
@@ -39,6 +39,7 @@ bool prepare_rows_bf16(const TiledWeight& w, const uint16_t* x, int64_t m0, int6
       const int64_t k1 = (g + 1) * gs < K ? (g + 1) * gs : K;
       xsum[m * G + g] = static_cast<float>(sum_double(xr + g * gs, k1 - g * gs));
     }
+    if (xb == nullptr) continue;  // the AMX route reads x itself and needs only the checks and sums
     int32_t* xbr = xb + m * (K / 2);
     for (int64_t k = 0; k < K; k += UV)
       for (int p = 0; p < UV / 2; ++p)

@@ -170,14 +170,13 @@ void large_m_path(const at::Tensor& x, const TiledWeight& w, const at::Tensor& b
 // The AMX large-M route (bf16 activations); false, having written nothing, when prepare_rows_bf16 refuses a row.
 bool large_m_amx_path(KernelInput x, int64_t M, const TiledWeight& w, const KernelOutput& y, const CpuKernels& kern) {
   const int64_t K = w.K, G = w.groups(), Mp = (M + 15) / 16 * 16;
-  // xb [M, K/2] (int32; prepare_rows_bf16 fills it, the tiles read x itself) and xsum [Mp, G] (fp32, padding 0)
-  at::Tensor ws = workspace(M * (K / 2) + Mp * G);
-  int32_t* xb = ws.data_ptr<int32_t>();
-  float* xsum = reinterpret_cast<float*>(xb + M * (K / 2));
+  // xsum [Mp, G] (fp32, padding 0); no xb: the tiles read x itself
+  at::Tensor ws = workspace(Mp * G);
+  float* xsum = reinterpret_cast<float*>(ws.data_ptr<int32_t>());
   std::fill(xsum + M * G, xsum + Mp * G, 0.f);
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, kPrepareGrain, [&](int64_t b, int64_t e) {
-    if (!kern.prepare_rows_bf16(w, x, b, e, xb, xsum)) ok = false;
+    if (!kern.prepare_rows_bf16(w, x, b, e, nullptr, xsum)) ok = false;
   });
   if (!ok) return false;
   // A tiles load 16 rows at a time: pad x with zero rows to a multiple of 16
