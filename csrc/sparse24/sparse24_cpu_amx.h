@@ -104,6 +104,7 @@ inline bool word_is_2_of_4(uint32_t w) { return groups_are_2_of_4(w | uint64_t{0
 // Inputs per chunk, in 32-input blocks: the packed activations of one chunk (row blocks x blocks x 1 KiB) are at most
 // this many bytes, so that they stay in L2 beside the A tiles while every pass of the call reads them.
 constexpr int64_t kAmxChunkBytes = int64_t{1} << 20;
+constexpr int64_t kAmxExpandAhead = 32;  // blocks of 32 inputs (16 kept bf16 values, 32 bytes) the expansion prefetches
 
 // y[:, n0:n1) = x @ W[n0:n1)^T from the packed activations (a.xb unused).
 //
@@ -143,6 +144,11 @@ inline bool gemm_amx_bf16(const GemmArgs& a, const uint8_t* packed, int64_t n0, 
         const uint16_t* v = values + (nb + r - a.row0) * KV;
         const uint8_t* mk = a.bitmask + (nb + r - a.row0) * KB;
         for (int64_t kb = kc0; kb < std::min(kc1, full); ++kb) {
+          // 1 KiB ahead in the row (rows follow each other, so past its end into the next one), a line per two
+          // blocks: with few activation rows the passes are short and the next pass's prefetch has no time to land.
+          // Raw kernel, 8 x 4096x11008, 2 threads, huge pages, ms per layer, without / with: M=8 5.0-5.3 / 4.5,
+          // M=16 5.4-5.6 / 4.6-4.8, M=128 8.1 / 7.6-7.7.
+          if (kb % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(v + 16 * (kb + kAmxExpandAhead)), _MM_HINT_T0);
           uint32_t bits;
           std::memcpy(&bits, mk + 4 * kb, 4);
           if (!word_is_2_of_4(bits)) {
