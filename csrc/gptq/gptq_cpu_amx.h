@@ -48,30 +48,39 @@ struct alignas(64) GptqAmxTileConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
+// The shuffle constants of build_b_tiles: per pair j of a word, the vpmultishiftqb control that moves fields 2j and
+// 2j + 1 (bits BITS * 2j and BITS * (2j + 1); the odd dword of each qword adds 32) to the low bytes of a lane's two
+// 16-bit halves, and the vpermw table of bf16(i mod 2^BITS).
+template <int BITS>
+struct BTileShuffles {
+  static_assert(BITS == 2 || BITS == 4, "fields that a 32-entry vpermw table covers");
+  static constexpr int kPairsPerWord = 16 / BITS;
+  __m512i ctrl[kPairsPerWord];
+  __m512i table;
+  BTileShuffles() {
+    for (int j = 0; j < kPairsPerWord; ++j) {
+      alignas(64) uint8_t c[64];
+      for (int b = 0; b < 64; ++b) {
+        const int dword_hi = (b / 4) % 2, lo_half = (b % 4) < 2;
+        c[b] = static_cast<uint8_t>(32 * dword_hi + BITS * (2 * j + (lo_half ? 0 : 1)));
+      }
+      ctrl[j] = _mm512_load_si512(c);
+    }
+    alignas(64) uint16_t tb[32];
+    for (int i = 0; i < 32; ++i) {
+      const float f = static_cast<float>(i & ((1 << BITS) - 1));
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      tb[i] = static_cast<uint16_t>(bits >> 16);  // exact: at most 4 significant bits
+    }
+    table = _mm512_load_si512(tb);
+  }
+};
+
 // Column tile t's B tiles for every 32-input step kb: the tile of columns 16h .. 16h + 15 at buf + (2 kb + h) KiB.
 template <int BITS>
-void build_b_tiles(const TiledWeight& w, int64_t t, uint8_t* buf) {
-  constexpr int VPW = 32 / BITS;  // values per 32-bit word
-  constexpr int PPW = VPW / 2;    // pairs per word
-  static_assert(BITS == 2 || BITS == 4, "fields that a 32-entry vpermw table covers");
-  // pair j of a word: fields 2j and 2j + 1 (bits BITS * 2j and BITS * (2j + 1)); the odd dword of each qword adds 32
-  __m512i ctrl[PPW];
-  for (int j = 0; j < PPW; ++j) {
-    alignas(64) uint8_t c[64];
-    for (int b = 0; b < 64; ++b) {
-      const int dword_hi = (b / 4) % 2, lo_half = (b % 4) < 2;
-      c[b] = static_cast<uint8_t>(32 * dword_hi + BITS * (2 * j + (lo_half ? 0 : 1)));
-    }
-    ctrl[j] = _mm512_load_si512(c);
-  }
-  alignas(64) uint16_t tb[32];
-  for (int i = 0; i < 32; ++i) {
-    const float f = static_cast<float>(i & ((1 << BITS) - 1));
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    tb[i] = static_cast<uint16_t>(bits >> 16);  // exact: at most 4 significant bits
-  }
-  const __m512i table = _mm512_load_si512(tb);
+void build_b_tiles(const TiledWeight& w, int64_t t, const BTileShuffles<BITS>& sh, uint8_t* buf) {
+  constexpr int VPW = 32 / BITS, PPW = BTileShuffles<BITS>::kPairsPerWord;  // values, pairs per 32-bit word
   const int64_t steps = w.K / kAmxK, words_per_step = kAmxK / VPW;
   const int32_t* qt = w.qtiles + t * w.k_words() * kTileCols;
   for (int64_t kb = 0; kb < steps; ++kb)
@@ -81,7 +90,7 @@ void build_b_tiles(const TiledWeight& w, int64_t t, uint8_t* buf) {
         const __m512i words = _mm512_loadu_si512(qt + (kb * words_per_step + wi) * kTileCols + 16 * h);
         for (int j = 0; j < PPW; ++j)  // tile row wi * PPW + j: inputs 32 kb + 2 (wi * PPW + j) and the next
           _mm512_store_si512(tile + 64 * (wi * PPW + j),
-                             _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(ctrl[j], words), table));
+                             _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(sh.ctrl[j], words), sh.table));
       }
     }
 }
@@ -100,8 +109,9 @@ void large_m_gemm_amx_bits(const LargeMAmxArgs& a, int64_t t0, int64_t t1) {
   static const GptqAmxTileConfig config;
   _tile_loadconfig(&config);
   const int64_t xstride = K * 2;  // bytes per activation row
+  const BTileShuffles<BITS> shuffles;
   for (int64_t t = t0; t < t1; ++t) {
-    build_b_tiles<BITS>(w, t, bbuf);
+    build_b_tiles<BITS>(w, t, shuffles, bbuf);
     const uint16_t* sz = w.scale_zero + t * G * 2 * kTileCols;
     for (int64_t mb = 0; mb < MB; mb += 2) {
       const bool two = mb + 1 < MB;
