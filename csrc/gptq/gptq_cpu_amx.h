@@ -28,6 +28,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/amx_tiles.h"
 #include "gptq_cpu_common.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512VBMI__)
@@ -38,15 +39,8 @@ namespace slimformer {
 namespace gptq {
 namespace SF_ISA_NS {
 
-constexpr int64_t kAmxK = 32;           // inputs per tile step
-constexpr int64_t kAmxTileBytes = 1024;  // 16 rows x 64 bytes
-
-// Tiles 0-3: C (row block q, column half h at 2q + h), 4-5: A (row blocks), 6-7: B (column halves).
-struct alignas(64) GptqAmxTileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
+// Tiles (common/amx_tiles.h): 0-3 C (row block q, column half h at 2q + h), 4-5 A (row blocks), 6-7 B (column
+// halves).
 
 // The shuffle constants of build_b_tiles: per pair j of a word, the vpmultishiftqb control that moves fields 2j and
 // 2j + 1 (bits BITS * 2j and BITS * (2j + 1); the odd dword of each qword adds 32) to the low bytes of a lane's two
@@ -106,7 +100,7 @@ void large_m_gemm_amx_bits(const LargeMAmxArgs& a, int64_t t0, int64_t t1) {
   uint8_t* bbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t{63});
   alignas(64) float cbuf[4][256];
   alignas(64) float tot[2][16][kTileCols];
-  static const GptqAmxTileConfig config;
+  static const AmxTileConfig config;
   _tile_loadconfig(&config);
   const int64_t xstride = K * 2;  // bytes per activation row
   const BTileShuffles<BITS> shuffles;

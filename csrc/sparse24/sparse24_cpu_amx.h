@@ -15,8 +15,9 @@
 // (32 x K x 2 bytes, 256 KiB at 4096 inputs, which stays in L2), then for each pair of activation row blocks 2 x 2 C
 // tiles accumulate over all of K (per 32 inputs: 2 A and 2 B tile loads, 4 tdpbf16ps), and go out through a 16 x 16
 // transpose with the bias added in fp32 and one rounding to bf16. The packed activations (M x K x 2 bytes) are read
-// once per 32 output rows, from L2 up to 128 rows at 4096 inputs; beyond 1 MiB of them K goes in chunks (below). While a pass multiplies, the next pass's values and
-// bitmask are prefetched into L2 a few lines per step, so its expansion does not wait on DRAM.
+// once per 32 output rows, from L2 up to 128 rows at 4096 inputs; beyond 1 MiB of them K goes in chunks (below).
+// While a pass multiplies, the next pass's values and bitmask are prefetched into L2 a few lines per step, so its
+// expansion does not wait on DRAM.
 //
 // Tails: activation rows past M and inputs past K are packed as zeros; output rows past the range are expanded as
 // zeros (their sums never written); the tail block of inputs (K % 32, a multiple of 4) expands only its real groups.
@@ -27,6 +28,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/amx_tiles.h"
 #include "sparse24/sparse24_cpu.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512VBMI2__)
@@ -36,8 +38,6 @@ namespace slimformer {
 namespace sparse24 {
 namespace SF_ISA_NS {
 
-constexpr int64_t kAmxK = 32;  // inputs per tile (16 pairs)
-constexpr int64_t kAmxTileBytes = 1024;  // 16 rows x 64 bytes
 constexpr int64_t kAmxRows = 32;  // output rows per pass: two A tiles
 inline int64_t amx_k_blocks(int64_t K) { return (K + kAmxK - 1) / kAmxK; }
 inline int64_t amx_packed_bytes(int64_t M, int64_t K) { return wide_row_blocks(M) * amx_k_blocks(K) * kAmxTileBytes; }
@@ -91,12 +91,7 @@ inline void transpose16(const float* c, __m512 out[16]) {
   }
 }
 
-// Every tile 16 rows x 64 bytes: 0-3 the sums C, 4-5 the weight tiles A, 6-7 the activation tiles B.
-struct alignas(64) AmxTileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
+// Tiles (common/amx_tiles.h): 0-3 the sums C, 4-5 the weight tiles A, 6-7 the activation tiles B.
 
 // A 32-input word of the bitmask keeps 2 of each group of 4.
 inline bool word_is_2_of_4(uint32_t w) { return groups_are_2_of_4(w | uint64_t{0x33333333} << 32); }
