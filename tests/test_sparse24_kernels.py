@@ -33,7 +33,7 @@ def error(y, x, values, bitmask, bias, K):
 
 @pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
 @pytest.mark.parametrize("M", [1, 3, 8, 13, 130])
-@pytest.mark.parametrize("K", [4, 36, 264])
+@pytest.mark.parametrize("K", [4, 36, 264, 360])  # 360: whole chunks past the one-row kernel's groups of 4, and a tail
 @pytest.mark.parametrize("N", [1, 67])
 def test_kernel_matches_the_reference(sparse24_isa, monkeypatch, path, M, K, N):
     use_path(monkeypatch, path)
@@ -117,15 +117,18 @@ def test_kept_zeros_and_pruned_inputs(sparse24_isa):
 
 @pytest.mark.parametrize("M", [1, 5])  # one activation row runs one output row at a time (sparse24_cpu_kernel.h)
 @pytest.mark.parametrize("path", [SMALL_M, LARGE_M, TILES])
-def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path, M):
+# 520 inputs: the one-row kernel's four accumulators (odd and even chunks checked apart), then a tail
+@pytest.mark.parametrize("K,spots", [(100, ((0, 0), (8, 12), (4, 6))), (520, ((0, 8), (8, 30), (4, 50), (2, 64)))])
+def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path, M, K, spots):
     use_path(monkeypatch, path)
-    values, bitmask = make(9, 100, torch.bfloat16)
-    x = torch.randn(M, 100).bfloat16()
-    for row, byte, value in ((0, 0, 0x0F), (8, 12, 0x10), (4, 6, 0x77)):  # 4 kept / 1 kept / 3 kept
-        bad = bitmask.clone()
-        bad[row, byte] = value
-        with pytest.raises(RuntimeError, match="bitmask is not 2:4"):
-            torch.ops.slimformer.sparse24_gemm(x, values, bad, None, 100)
+    values, bitmask = make(9, K, torch.bfloat16)
+    for xdtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(M, K).to(xdtype)
+        for (row, byte), value in zip(spots, (0x0F, 0x10, 0x77, 0x1F)):  # 4 kept / 1 kept / 3 kept
+            bad = bitmask.clone()
+            bad[row, byte] = value
+            with pytest.raises(RuntimeError, match="bitmask is not 2:4"):
+                torch.ops.slimformer.sparse24_gemm(x, values, bad, None, K)
 
 
 def test_bad_input_is_a_clear_error():
