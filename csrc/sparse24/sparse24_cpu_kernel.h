@@ -290,8 +290,15 @@ void gemm_tile(const GemmArgs& a, const typename Ops::XElem* x, int64_t n0, int6
     typename Ops::Acc a0 = Ops::zero(), a1 = Ops::zero(), a2 = Ops::zero(), a3 = Ops::zero();
     typename Ops::Bad bad1 = Ops::no_bad();
     for (; c + 4 <= full; c += 4) {
-      for (int i = 0; i < 4; ++i) __builtin_prefetch(vp + (c + i) * (KC / 2) * vsize + kOneRowAhead, 0, 2);
-      __builtin_prefetch(mp + c * (KC / 8) + kOneRowAhead / 8, 0, 3);
+      if constexpr (kPrefetchBytes > 0) {  // the level's own prefetch (amx: measured on Intel), as in the loop below
+        for (int i = 0; i < 4; ++i) {
+          __builtin_prefetch(vp + (c + i) * (KC / 2) * vsize + kPrefetchBytes);
+          __builtin_prefetch(mp + (c + i) * (KC / 8) + kPrefetchBytes / 4);
+        }
+      } else {
+        for (int i = 0; i < 4; ++i) __builtin_prefetch(vp + (c + i) * (KC / 2) * vsize + kOneRowAhead, 0, 2);
+        __builtin_prefetch(mp + c * (KC / 8) + kOneRowAhead / 8, 0, 3);
+      }
       const typename Ops::W w0 = Ops::load_w(vp + c * (KC / 2) * vsize, VBF16, mp + c * (KC / 8), bad);
       const typename Ops::W w1 = Ops::load_w(vp + (c + 1) * (KC / 2) * vsize, VBF16, mp + (c + 1) * (KC / 8), bad1);
       const typename Ops::W w2 = Ops::load_w(vp + (c + 2) * (KC / 2) * vsize, VBF16, mp + (c + 2) * (KC / 8), bad);
