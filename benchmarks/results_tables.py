@@ -296,6 +296,7 @@ SECTIONS = {
     "sweep": sweep,
     "int8": int8,
     "sparse24-zen4": lambda: sparse24_speed("sparse24_cpu_zen4.json"),
+    "sparse24-zen4-goals": lambda: sparse24_speed("sparse24_cpu_zen4_goals.json"),
     "sparse24-emr": lambda: sparse24_speed("sparse24_cpu_emr.json"),
     "sparse24-xeon167": lambda: sparse24_speed("sparse24_cpu_xeon167_bf16.json"),
     "sparse24-xeon167-full": lambda: sparse24_speed("sparse24_cpu_xeon167.json"),
