@@ -124,7 +124,8 @@ def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path, M,
     values, bitmask = make(9, K, torch.bfloat16)
     for xdtype in (torch.bfloat16, torch.float32):
         x = torch.randn(M, K).to(xdtype)
-        for (row, byte), value in zip(spots, (0x0F, 0x10, 0x77, 0x1F)):  # 4 kept / 1 kept / 3 kept
+        # kept in the bad group: 4 / 1 / 3 / 4 (and 1 in its neighbour)
+        for (row, byte), value in zip(spots, (0x0F, 0x10, 0x77, 0x1F)):
             bad = bitmask.clone()
             bad[row, byte] = value
             with pytest.raises(RuntimeError, match="bitmask is not 2:4"):
