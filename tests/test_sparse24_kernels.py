@@ -124,7 +124,7 @@ def test_masks_that_are_not_2_4_are_reported(sparse24_isa, monkeypatch, path, M,
     values, bitmask = make(9, K, torch.bfloat16)
     for xdtype in (torch.bfloat16, torch.float32):
         x = torch.randn(M, K).to(xdtype)
-        # kept in the bad group: 4 / 1 / 3 / 4 (and 1 in its neighbour)
+        # inputs kept in the byte's two groups: 4 and 0 / 0 and 1 / 3 and 3 / 4 and 1
         for (row, byte), value in zip(spots, (0x0F, 0x10, 0x77, 0x1F)):
             bad = bitmask.clone()
             bad[row, byte] = value
