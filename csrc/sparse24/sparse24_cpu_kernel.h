@@ -256,6 +256,13 @@ constexpr int kPrefetchBytes = SF_S24_PREFETCH;
 // 2 KiB 1.04 / 1.06, 3 KiB 1.06 / 1.23; an earlier 40 rounds: 2 KiB 1.06 / 1.08, 4 KiB 0.98 / 1.05; into L1
 // (512 B-2 KiB) 0.87-0.92.
 constexpr int64_t kOneRowAhead = 1024;
+// The level's own prefetch of one chunk's values (vp) and bitmask (mp), where it has one (amx: measured on Intel).
+inline void level_prefetch(const uint8_t* vp, const uint8_t* mp) {
+  if constexpr (kPrefetchBytes > 0) {
+    __builtin_prefetch(vp + kPrefetchBytes);
+    __builtin_prefetch(mp + kPrefetchBytes / 4);
+  }
+}
 // Rows [n0, n0 + R) of W against activation rows [m0, m0 + MB), values bf16 (VBF16) or fp32. Everything the loop
 // reads is copied to locals first: through the argument struct GCC reloaded the pointers and the dtype flag (and
 // stored the bad-nibble accumulator) on every chunk, since the stores might alias them.
@@ -289,20 +296,18 @@ void gemm_tile(const GemmArgs& a, const typename Ops::XElem* x, int64_t n0, int6
     const uint8_t* mp = mrow[0];
     typename Ops::Acc a0 = Ops::zero(), a1 = Ops::zero(), a2 = Ops::zero(), a3 = Ops::zero();
     typename Ops::Bad bad1 = Ops::no_bad();
+    constexpr int64_t VB = (KC / 2) * vsize, MBY = KC / 8;  // values and bitmask bytes of a chunk
     for (; c + 4 <= full; c += 4) {
-      if constexpr (kPrefetchBytes > 0) {  // the level's own prefetch (amx: measured on Intel), as in the loop below
-        for (int i = 0; i < 4; ++i) {
-          __builtin_prefetch(vp + (c + i) * (KC / 2) * vsize + kPrefetchBytes);
-          __builtin_prefetch(mp + (c + i) * (KC / 8) + kPrefetchBytes / 4);
-        }
+      if constexpr (kPrefetchBytes > 0) {
+        for (int i = 0; i < 4; ++i) level_prefetch(vp + (c + i) * VB, mp + (c + i) * MBY);
       } else {
-        for (int i = 0; i < 4; ++i) __builtin_prefetch(vp + (c + i) * (KC / 2) * vsize + kOneRowAhead, 0, 2);
-        __builtin_prefetch(mp + c * (KC / 8) + kOneRowAhead / 8, 0, 3);
+        for (int i = 0; i < 4; ++i) __builtin_prefetch(vp + (c + i) * VB + kOneRowAhead, 0, 2);
+        __builtin_prefetch(mp + c * MBY + kOneRowAhead / 8, 0, 3);
       }
-      const typename Ops::W w0 = Ops::load_w(vp + c * (KC / 2) * vsize, VBF16, mp + c * (KC / 8), bad);
-      const typename Ops::W w1 = Ops::load_w(vp + (c + 1) * (KC / 2) * vsize, VBF16, mp + (c + 1) * (KC / 8), bad1);
-      const typename Ops::W w2 = Ops::load_w(vp + (c + 2) * (KC / 2) * vsize, VBF16, mp + (c + 2) * (KC / 8), bad);
-      const typename Ops::W w3 = Ops::load_w(vp + (c + 3) * (KC / 2) * vsize, VBF16, mp + (c + 3) * (KC / 8), bad1);
+      const typename Ops::W w0 = Ops::load_w(vp + c * VB, VBF16, mp + c * MBY, bad);
+      const typename Ops::W w1 = Ops::load_w(vp + (c + 1) * VB, VBF16, mp + (c + 1) * MBY, bad1);
+      const typename Ops::W w2 = Ops::load_w(vp + (c + 2) * VB, VBF16, mp + (c + 2) * MBY, bad);
+      const typename Ops::W w3 = Ops::load_w(vp + (c + 3) * VB, VBF16, mp + (c + 3) * MBY, bad1);
       a0 = Ops::fma(w0, Ops::load_x(xrow + c * KC), a0);
       a1 = Ops::fma(w1, Ops::load_x(xrow + (c + 1) * KC), a1);
       a2 = Ops::fma(w2, Ops::load_x(xrow + (c + 2) * KC), a2);
@@ -317,10 +322,7 @@ void gemm_tile(const GemmArgs& a, const typename Ops::XElem* x, int64_t n0, int6
     for (int r = 0; r < R; ++r) {
       const uint8_t* vp = vrow[r] + c * (KC / 2) * vsize;
       const uint8_t* mp = mrow[r] + c * (KC / 8);
-      if constexpr (kPrefetchBytes > 0) {
-        __builtin_prefetch(vp + kPrefetchBytes);
-        __builtin_prefetch(mp + kPrefetchBytes / 4);
-      }
+      level_prefetch(vp, mp);
       const typename Ops::W w = Ops::load_w(vp, VBF16, mp, bad);
       for (int mb = 0; mb < MB; ++mb) acc[r][mb] = Ops::fma(w, xs[mb], acc[r][mb]);
     }
